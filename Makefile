@@ -1,0 +1,59 @@
+# wsd: the two set-up commands are `make run` and `make test`.
+GO        ?= go
+BIN       := bin
+NODE_DIR  := internal/interop/node
+FUZZTIME  ?= 30s
+
+.PHONY: all build run test test-go interop-deps conformance fuzz bench bench-idle clean generate
+
+all: build
+
+## build: compile bin/wsd and bin/wsbench
+build:
+	$(GO) build -o $(BIN)/wsd ./cmd/wsd
+	$(GO) build -o $(BIN)/wsbench ./bench/cmd/wsbench
+
+## run: run wsd with its embedded defaults (ws on :8080, admin on 127.0.0.1:9090)
+run: build
+	$(BIN)/wsd
+
+## test: every test, with the race detector (installs the Node interop client's npm package first)
+test: interop-deps test-go
+
+test-go:
+	$(GO) vet ./...
+	$(GO) test -race -timeout 9m ./...
+
+interop-deps:
+	@if command -v npm >/dev/null 2>&1; then \
+		cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error; \
+	else \
+		echo "npm not found: the Node interop test will be skipped"; \
+	fi
+
+## conformance: the Autobahn|Testsuite server cases against --echo-path (see .ci/conformance)
+conformance: build
+	bash .ci/conformance
+
+## fuzz: run each fuzz target for FUZZTIME (default 30s)
+fuzz:
+	$(GO) test ./frame -run '^$$' -fuzz '^FuzzDecoder$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./frame -run '^$$' -fuzz '^FuzzUTF8$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./frame -run '^$$' -fuzz '^FuzzInflate$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./engine -run '^$$' -fuzz '^FuzzHandshake$$' -fuzztime $(FUZZTIME)
+
+## bench: allocation and speed benchmarks of the hot paths
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./frame ./engine ./session
+
+## bench-idle: N idle connections against a running wsd (see bench/README.md); N=19000 by default
+N ?= 19000
+bench-idle: build
+	$(BIN)/wsbench idle -n $(N)
+
+## generate: regenerate the easyjson marshalers
+generate:
+	$(GO) generate ./...
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,186 @@
+// Package bench drives wsd with many real WebSocket connections and reads
+// what they cost. The client side is event-driven (a gnet client: no
+// goroutine per connection), so one process holds as many connections as
+// its file limit allows; a coordinator spreads larger runs over several
+// processes and source addresses.
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/wsdproject/wsd/frame"
+)
+
+// Counters are a client process's running totals.
+type Counters struct {
+	Connected atomic.Int64 // handshakes completed
+	Failed    atomic.Int64 // dials or handshakes that failed
+	Dropped   atomic.Int64 // connections the server closed while we held them
+	Pings     atomic.Int64 // pings answered
+}
+
+// idleHandler keeps enrolled connections alive: it answers pings with
+// pongs and close frames with close frames, and ignores everything else.
+type idleHandler struct {
+	gnet.BuiltinEventEngine
+	counters *Counters
+	closing  atomic.Bool // we are shutting down: closes are not drops
+}
+
+var clientMask = [4]byte{0x5a, 0xa5, 0x3c, 0xc3}
+
+func (h *idleHandler) OnTraffic(c gnet.Conn) gnet.Action {
+	for {
+		n := c.InboundBuffered()
+		hb, _ := c.Peek(min(n, frame.MaxHeaderSize))
+		hd, hn, err := frame.ParseHeader(hb)
+		if err != nil {
+			return gnet.Close
+		}
+		if hn == 0 || n < hn+int(hd.Length) {
+			return gnet.None
+		}
+		p, _ := c.Peek(hn + int(hd.Length))
+		payload := p[hn:]
+		switch hd.OpCode {
+		case frame.OpPing:
+			h.counters.Pings.Add(1)
+			_, _ = c.Write(frame.AppendMaskedFrame(nil, true, frame.OpPong, 0, clientMask, payload))
+		case frame.OpClose:
+			_, _ = c.Write(frame.AppendMaskedFrame(nil, true, frame.OpClose, 0, clientMask, payload))
+			_, _ = c.Discard(hn + int(hd.Length))
+			return gnet.Close
+		}
+		_, _ = c.Discard(hn + int(hd.Length))
+	}
+}
+
+func (h *idleHandler) OnClose(c gnet.Conn, err error) gnet.Action {
+	if !h.closing.Load() {
+		h.counters.Dropped.Add(1)
+	}
+	return gnet.None
+}
+
+// Dialer opens WebSocket connections from one source address and hands
+// them to an event-driven client that keeps them alive.
+type Dialer struct {
+	Target   string // host:port
+	Path     string
+	Source   net.IP // source address to bind, nil for any
+	Counters *Counters
+
+	cli     *gnet.Client
+	handler *idleHandler
+}
+
+// Start starts the event loops.
+func (d *Dialer) Start(loops int) error {
+	d.handler = &idleHandler{counters: d.Counters}
+	cli, err := gnet.NewClient(d.handler,
+		gnet.WithMulticore(true),
+		gnet.WithNumEventLoop(loops),
+		gnet.WithReadBufferCap(4096),
+		gnet.WithWriteBufferCap(4096),
+		gnet.WithLogger(quietLogger{}),
+	)
+	if err != nil {
+		return err
+	}
+	d.cli = cli
+	return cli.Start()
+}
+
+// Stop closes every connection and the event loops.
+func (d *Dialer) Stop() {
+	d.handler.closing.Store(true)
+	_ = d.cli.Stop()
+}
+
+const upgradeRequest = "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+	"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+
+// Open dials one connection, upgrades it, and enrolls it in the event loops.
+func (d *Dialer) Open(ctx context.Context) error {
+	nd := net.Dialer{Timeout: 10 * time.Second, Control: bindNoPort}
+	if d.Source != nil {
+		nd.LocalAddr = &net.TCPAddr{IP: d.Source}
+	}
+	conn, err := nd.DialContext(ctx, "tcp", d.Target)
+	if err != nil {
+		return err
+	}
+	if err := handshake(conn, d.Target, d.Path); err != nil {
+		conn.Close()
+		return err
+	}
+	if _, err := d.cli.Enroll(conn); err != nil { // Enroll closes conn after taking a dup of it
+		return err
+	}
+	return nil
+}
+
+// handshake performs the HTTP upgrade on a blocking connection. The server
+// sends nothing after its 101 until the first ping, so reading exactly the
+// response head leaves nothing behind.
+func handshake(conn net.Conn, host, path string) error {
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	defer conn.SetDeadline(time.Time{})
+	if _, err := fmt.Fprintf(conn, upgradeRequest, path, host); err != nil {
+		return err
+	}
+	var head []byte
+	buf := make([]byte, 512)
+	for !bytes.Contains(head, []byte("\r\n\r\n")) {
+		n, err := conn.Read(buf)
+		if err != nil {
+			return fmt.Errorf("reading the handshake response: %w", err)
+		}
+		head = append(head, buf[:n]...)
+		if len(head) > 8192 {
+			return errors.New("handshake response too long")
+		}
+	}
+	status, _, _ := bufio.NewReader(bytes.NewReader(head)).ReadLine()
+	if !strings.HasPrefix(string(status), "HTTP/1.1 101") {
+		return fmt.Errorf("handshake refused: %s", status)
+	}
+	if end := bytes.Index(head, []byte("\r\n\r\n")) + 4; end != len(head) {
+		return errors.New("bytes after the handshake response")
+	}
+	return nil
+}
+
+// bindNoPort lets the kernel pick the source port at connect time, per
+// destination, so one source address can carry more than the ephemeral
+// range's worth of connections to different servers (IP_BIND_ADDRESS_NO_PORT).
+func bindNoPort(network, address string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+type quietLogger struct{}
+
+func (quietLogger) Debugf(string, ...any) {}
+func (quietLogger) Infof(string, ...any)  {}
+func (quietLogger) Warnf(string, ...any)  {}
+func (quietLogger) Errorf(string, ...any) {}
+func (quietLogger) Fatalf(string, ...any) {}

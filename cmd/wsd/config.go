@@ -1,0 +1,180 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/peterbourgon/ff/v3"
+
+	"github.com/wsdproject/wsd/engine"
+	"github.com/wsdproject/wsd/protocol"
+)
+
+// envPrefix prefixes the environment variable of every flag: --ping-interval
+// is WSD_PING_INTERVAL.
+const envPrefix = "WSD"
+
+// config is everything wsd can be told, from flags, WSD_* environment
+// variables and an optional TOML file, in that order of precedence.
+type config struct {
+	engine       engine.Config
+	admin        string
+	echoPath     string
+	subprotocols string
+	drainTimeout time.Duration
+	logLevel     string
+	logFormat    string
+	configFile   string
+}
+
+func newFlagSet(c *config) *flag.FlagSet {
+	d := engine.Defaults()
+	fs := flag.NewFlagSet("wsd", flag.ContinueOnError)
+	// Errors are reported in one line by run; usage only on --help.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	e := &c.engine
+	fs.StringVar(&e.Addr, "listen", d.Addr, "WebSocket listen address (host:port)")
+	fs.StringVar(&c.admin, "admin", "127.0.0.1:9090", "admin HTTP address for /metrics, /healthz and /readyz (empty: off)")
+	fs.IntVar(&e.Loops, "loops", 0, "event loops (0: one per CPU)")
+	fs.DurationVar(&e.PingInterval, "ping-interval", d.PingInterval, "ping a connection after this long without traffic")
+	fs.IntVar(&e.MaxMissedPongs, "max-missed-pongs", d.MaxMissedPongs, "drop a connection after this many unanswered pings")
+	fs.Int64Var(&e.MaxMessageBytes, "max-message-bytes", d.MaxMessageBytes, "largest message accepted, also after decompression (larger: close 1009)")
+	fs.DurationVar(&e.HandshakeTimeout, "handshake-timeout", d.HandshakeTimeout, "time allowed from TCP accept to a complete upgrade request")
+	fs.IntVar(&e.MaxHandshakeBytes, "max-handshake-bytes", d.MaxHandshakeBytes, "largest upgrade request head (larger: HTTP 431)")
+	fs.DurationVar(&e.CloseTimeout, "close-timeout", d.CloseTimeout, "time allowed for the close handshake before TCP is closed")
+	fs.BoolVar(&e.Compression, "compression", false, "offer permessage-deflate (RFC 7692) to clients")
+	fs.IntVar(&e.CompressionLevel, "compression-level", d.CompressionLevel, "flate level for permessage-deflate, 1 (fastest) to 9")
+	fs.IntVar(&e.CompressionMinBytes, "compression-min-bytes", d.CompressionMinBytes, "send messages shorter than this uncompressed")
+	fs.StringVar(&c.echoPath, "echo-path", "", "serve an echo endpoint at this path, e.g. /echo (off when empty)")
+	fs.StringVar(&c.subprotocols, "subprotocols", protocol.Subprotocol, "comma-separated subprotocols /ws accepts (clients may also ask for none)")
+	fs.DurationVar(&c.drainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM/SIGINT, how long to wait for clients to finish the close handshake")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&c.configFile, "config", "", "TOML file with settings (keys are flag names)")
+	return fs
+}
+
+func envName(flagName string) string {
+	return envPrefix + "_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func usage(fs *flag.FlagSet, w io.Writer) {
+	fmt.Fprintf(w, "Usage: wsd [flags]\n\nwsd is an event-loop WebSocket server. Every flag can also be set with the\n"+
+		"environment variable shown, or as a key in the --config TOML file;\n"+
+		"flags win over the environment, which wins over the file.\n\nFlags:\n")
+	fs.VisitAll(func(f *flag.Flag) {
+		def := f.DefValue
+		if def == "" {
+			def = `""`
+		}
+		fmt.Fprintf(w, "  --%s\n        %s\n        (default %s; env %s)\n", f.Name, f.Usage, def, envName(f.Name))
+	})
+}
+
+// parseConfig reads flags, environment and config file into a config. On
+// --help it writes the usage to stdout and returns flag.ErrHelp.
+func parseConfig(args []string, stdout io.Writer) (*config, error) {
+	c := &config{}
+	fs := newFlagSet(c)
+	err := ff.Parse(fs, args,
+		ff.WithEnvVarPrefix(envPrefix),
+		ff.WithConfigFileFlag("config"),
+		ff.WithConfigFileParser(tomlParser(fs)),
+	)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage(fs, stdout)
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w (see wsd --help)", cleanFFError(err))
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (all settings are flags)", fs.Arg(0))
+	}
+	if _, err := parseLevel(c.logLevel); err != nil {
+		return nil, err
+	}
+	if c.logFormat != "text" && c.logFormat != "json" {
+		return nil, fmt.Errorf("invalid --log-format %q: want text or json", c.logFormat)
+	}
+	if c.echoPath != "" && (!strings.HasPrefix(c.echoPath, "/") || c.echoPath == "/ws") {
+		return nil, fmt.Errorf("invalid --echo-path %q: want a path such as /echo, other than /ws", c.echoPath)
+	}
+	if c.drainTimeout <= 0 {
+		return nil, fmt.Errorf("invalid --drain-timeout %v: must be positive", c.drainTimeout)
+	}
+	return c, nil
+}
+
+// cleanFFError turns ff's nested messages into one line naming the setting.
+func cleanFFError(err error) error {
+	msg := err.Error()
+	msg = strings.TrimPrefix(msg, "error parsing commandline arguments: ")
+	return errors.New(msg)
+}
+
+// tomlParser reads a TOML config file whose keys are flag names. Unknown
+// keys are errors, naming the key.
+func tomlParser(fs *flag.FlagSet) ff.ConfigFileParser {
+	return func(r io.Reader, set func(name, value string) error) error {
+		var m map[string]any
+		md, err := toml.NewDecoder(r).Decode(&m)
+		if err != nil {
+			return fmt.Errorf("config file: %w", err)
+		}
+		_ = md
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			if k == "config" || fs.Lookup(k) == nil {
+				return fmt.Errorf("config file: unknown key %q", k)
+			}
+			var v string
+			switch x := m[k].(type) {
+			case []any:
+				parts := make([]string, len(x))
+				for i, p := range x {
+					parts[i] = fmt.Sprint(p)
+				}
+				v = strings.Join(parts, ",")
+			case map[string]any:
+				return fmt.Errorf("config file: key %q: tables are not settings", k)
+			default:
+				v = fmt.Sprint(x)
+			}
+			if err := set(k, v); err != nil {
+				return fmt.Errorf("config file: key %q: %w", k, errors.Unwrap(err))
+			}
+		}
+		return nil
+	}
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return l, fmt.Errorf("invalid --log-level %q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+func (c *config) protocols() []string {
+	var out []string
+	for _, p := range strings.Split(c.subprotocols, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

@@ -1,0 +1,154 @@
+// Command wsd is the wsd WebSocket server.
+//
+//	wsd [flags]          (wsd --help lists them with their WSD_* variables)
+//
+// It serves the JSON protocol on /ws, an optional echo endpoint, and an
+// admin HTTP server with /metrics, /healthz and /readyz. SIGINT or SIGTERM
+// stops accepting, closes every connection with 1001 and exits 0.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	runtimemetrics "runtime/metrics"
+	"syscall"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/wsdproject/wsd/engine"
+	"github.com/wsdproject/wsd/protocol"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, nil)
+	stop()
+	os.Exit(code)
+}
+
+// run is wsd's whole life; it returns the exit code. ready, if not nil,
+// receives the server once it listens (for tests).
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready func(*engine.Server, net.Addr)) int {
+	cfg, err := parseConfig(args, stdout)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "wsd: %v\n", err)
+		return 2
+	}
+	level, _ := parseLevel(cfg.logLevel)
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(stderr, opts)
+	if cfg.logFormat == "json" {
+		h = slog.NewJSONHandler(stderr, opts)
+	}
+	log := slog.New(h)
+	cfg.engine.Logger = log
+
+	srv, err := engine.New(cfg.engine)
+	if err != nil {
+		fmt.Fprintf(stderr, "wsd: %v\n", err)
+		return 2
+	}
+	if err := srv.Handle("/ws", protocol.Handler{}, engine.RouteOptions{Subprotocols: cfg.protocols()}); err != nil {
+		fmt.Fprintf(stderr, "wsd: %v\n", err)
+		return 2
+	}
+	if cfg.echoPath != "" {
+		if err := srv.Handle(cfg.echoPath, engine.Echo{}, engine.RouteOptions{}); err != nil {
+			fmt.Fprintf(stderr, "wsd: %v\n", err)
+			return 2
+		}
+	}
+
+	// Bind the admin port first: both failures are reported before anything runs.
+	var adminLn net.Listener
+	if cfg.admin != "" {
+		adminLn, err = net.Listen("tcp", cfg.admin)
+		if err != nil {
+			fmt.Fprintf(stderr, "wsd: admin listener: %v\n", err)
+			return 1
+		}
+		defer adminLn.Close()
+	}
+	if err := srv.Start(); err != nil {
+		fmt.Fprintf(stderr, "wsd: %v\n", err)
+		return 1
+	}
+	var admin *http.Server
+	if adminLn != nil {
+		admin = &http.Server{Handler: adminMux(srv), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := admin.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("admin server stopped", "err", err)
+			}
+		}()
+		log.Info("admin listening", "addr", adminLn.Addr().String())
+	}
+	if ready != nil {
+		var a net.Addr
+		if adminLn != nil {
+			a = adminLn.Addr()
+		}
+		ready(srv, a)
+	}
+
+	<-ctx.Done()
+	log.Info("shutting down: closing connections with 1001", "open", srv.OpenConnections(), "drain_timeout", cfg.drainTimeout)
+	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.drainTimeout)
+	defer cancel()
+	code := 0
+	if err := srv.Shutdown(drainCtx); err != nil {
+		log.Error("shutdown", "err", err)
+		code = 1
+	}
+	if admin != nil {
+		shutCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = admin.Shutdown(shutCtx)
+		cancel()
+	}
+	log.Info("stopped")
+	return code
+}
+
+// writeRuntimeMetrics adds the heap the last GC found live: the figure
+// that tells what connections cost, without the garbage heap_inuse counts.
+func writeRuntimeMetrics(w io.Writer) {
+	live := []runtimemetrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	runtimemetrics.Read(live)
+	if live[0].Value.Kind() == runtimemetrics.KindUint64 {
+		metrics.WriteGaugeUint64(w, "wsd_go_heap_live_bytes", live[0].Value.Uint64())
+	}
+}
+
+// adminMux serves the admin endpoints.
+func adminMux(srv *engine.Server) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		srv.WriteMetrics(w)
+		writeRuntimeMetrics(w)
+		metrics.WritePrometheus(w, true)
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if srv.Draining() {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	return mux
+}

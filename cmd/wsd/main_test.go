@@ -1,0 +1,285 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/wsdproject/wsd/engine"
+	"github.com/wsdproject/wsd/frame"
+	"github.com/wsdproject/wsd/internal/wstest"
+)
+
+func startRun(t *testing.T, args ...string) (ws, admin string, stop func() int, stderr *bytes.Buffer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan [2]string, 1)
+	done := make(chan int, 1)
+	stderr = &bytes.Buffer{}
+	pr, pw := io.Pipe()
+	go func() { io.Copy(stderr, pr) }()
+	go func() {
+		done <- run(ctx, args, io.Discard, pw, func(s *engine.Server, a net.Addr) {
+			ready <- [2]string{s.Addr().String(), a.String()}
+		})
+		pw.Close()
+	}()
+	select {
+	case a := <-ready:
+		ws, admin = a[0], a[1]
+	case code := <-done:
+		cancel()
+		t.Fatalf("wsd exited with %d: %s", code, stderr)
+	case <-time.After(10 * time.Second):
+		t.Fatal("wsd did not start")
+	}
+	var stopped bool
+	var code int
+	stop = func() int {
+		if !stopped {
+			stopped = true
+			cancel()
+			code = <-done
+		}
+		return code
+	}
+	t.Cleanup(func() { stop() })
+	return ws, admin, stop, stderr
+}
+
+func runArgs(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	var stderr bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	code := run(ctx, args, io.Discard, &stderr, nil)
+	return code, stderr.String()
+}
+
+// Bad flags, values, environment and config files: one line on stderr and
+// a non-zero exit, before anything listens.
+func TestBadConfiguration(t *testing.T) {
+	dir := t.TempDir()
+	unknownKey := filepath.Join(dir, "unknown.toml")
+	os.WriteFile(unknownKey, []byte("listen = \"127.0.0.1:0\"\nping_interval = \"1s\"\n"), 0o644)
+	badValue := filepath.Join(dir, "bad.toml")
+	os.WriteFile(badValue, []byte("ping-interval = \"soon\"\n"), 0o644)
+	unreadable := filepath.Join(dir, "secret.toml")
+	os.WriteFile(unreadable, []byte("loops = 1\n"), 0o000)
+	cases := []struct {
+		name string
+		args []string
+		env  [2]string
+		want string
+	}{
+		{"unknown flag", []string{"--bogus"}, [2]string{}, "flag provided but not defined: -bogus"},
+		{"bad duration", []string{"--ping-interval", "soon"}, [2]string{}, `invalid value "soon" for flag -ping-interval`},
+		{"out of range", []string{"--loops", "1000"}, [2]string{}, "loops must be 1 to 255"},
+		{"bad env", nil, [2]string{"WSD_MAX_MESSAGE_BYTES", "lots"}, "WSD_MAX_MESSAGE_BYTES"},
+		{"missing config", []string{"--config", filepath.Join(dir, "nope.toml")}, [2]string{}, "nope.toml"},
+		{"unknown config key", []string{"--config", unknownKey}, [2]string{}, `unknown key "ping_interval"`},
+		{"bad config value", []string{"--config", badValue}, [2]string{}, `"ping-interval"`},
+		{"bad log level", []string{"--log-level", "loud"}, [2]string{}, "invalid --log-level"},
+		{"bad echo path", []string{"--echo-path", "echo"}, [2]string{}, "invalid --echo-path"},
+		{"stray argument", []string{"serve"}, [2]string{}, `unexpected argument "serve"`},
+	}
+	if os.Geteuid() != 0 { // root reads any file
+		cases = append(cases, struct {
+			name string
+			args []string
+			env  [2]string
+			want string
+		}{"unreadable config", []string{"--config", unreadable}, [2]string{}, "permission denied"})
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.env[0] != "" {
+				t.Setenv(tc.env[0], tc.env[1])
+			}
+			code, stderr := runArgs(t, tc.args...)
+			if code == 0 {
+				t.Fatalf("exit 0, want failure")
+			}
+			if lines := strings.Count(strings.TrimSpace(stderr), "\n") + 1; lines != 1 {
+				t.Fatalf("%d lines on stderr, want one:\n%s", lines, stderr)
+			}
+			if !strings.HasPrefix(stderr, "wsd: ") || !strings.Contains(stderr, tc.want) {
+				t.Fatalf("stderr %q, want it to mention %q", stderr, tc.want)
+			}
+		})
+	}
+}
+
+func TestBusyPorts(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	busy := ln.Addr().String()
+	for _, args := range [][]string{
+		{"--listen", busy, "--admin", "127.0.0.1:0"},
+		{"--listen", "127.0.0.1:0", "--admin", busy},
+	} {
+		code, stderr := runArgs(t, args...)
+		if code != 1 || !strings.Contains(stderr, "address already in use") || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+			t.Fatalf("%v: exit %d, stderr %q", args, code, stderr)
+		}
+	}
+}
+
+func TestHelp(t *testing.T) {
+	var out bytes.Buffer
+	code := run(context.Background(), []string{"--help"}, &out, io.Discard, nil)
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	for _, want := range []string{"--listen", "WSD_LISTEN", "--ping-interval", "default 30s", "WSD_MAX_MESSAGE_BYTES", "default 1048576", "--echo-path", "--config"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--help lacks %q", want)
+		}
+	}
+}
+
+// TestPrecedence: flags beat WSD_* variables, which beat the config file.
+func TestPrecedence(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "wsd.toml")
+	os.WriteFile(file, []byte("ping-interval = \"7s\"\nmax-missed-pongs = 5\nloops = 3\nsubprotocols = [\"a\", \"b\"]\n"), 0o644)
+	t.Setenv("WSD_MAX_MISSED_PONGS", "6")
+	t.Setenv("WSD_LOOPS", "4")
+	c, err := parseConfig([]string{"--config", file, "--loops", "2"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.engine.PingInterval != 7*time.Second || c.engine.MaxMissedPongs != 6 || c.engine.Loops != 2 {
+		t.Fatalf("got ping %v, missed %d, loops %d", c.engine.PingInterval, c.engine.MaxMissedPongs, c.engine.Loops)
+	}
+	if p := c.protocols(); len(p) != 2 || p[0] != "a" || p[1] != "b" {
+		t.Fatalf("subprotocols %v", p)
+	}
+}
+
+func TestAdminAndShutdown(t *testing.T) {
+	ws, admin, stop, _ := startRun(t, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--loops", "2", "--echo-path", "/echo")
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + admin + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get("/healthz"); code != 200 {
+		t.Fatalf("/healthz %d", code)
+	}
+	if code, _ := get("/readyz"); code != 200 {
+		t.Fatalf("/readyz %d", code)
+	}
+	c := wstest.Dial(t, ws, "/ws", wstest.Options{})
+	c.Send(frame.OpText, []byte(`{"type":"echo","data":[1]}`))
+	if _, got, err := c.ReadMessage(); err != nil || string(got) != `{"type":"echo_reply","data":[1]}` {
+		t.Fatalf("/ws echo: %q %v", got, err)
+	}
+	e := wstest.Dial(t, ws, "/echo", wstest.Options{})
+	e.Send(frame.OpBinary, []byte{1, 2, 3})
+	if _, got, err := e.ReadMessage(); err != nil || !bytes.Equal(got, []byte{1, 2, 3}) {
+		t.Fatalf("/echo: %v %v", got, err)
+	}
+	_, m := get("/metrics")
+	for _, want := range []string{
+		"wsd_connections_open 2", "wsd_handshakes_total 2", "wsd_messages_in_total 2", "wsd_messages_out_total 2",
+		"wsd_bytes_in_total", "wsd_pings_sent_total 0", `wsd_handshake_failures_total{reason="not_found"} 0`,
+		"go_goroutines", "process_resident_memory_bytes", "go_memstats_heap_inuse_bytes",
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+
+	// Shutdown: every client gets 1001 and the exit code is 0.
+	codeCh := make(chan int, 1)
+	go func() { codeCh <- stop() }()
+	for _, cl := range []*wstest.Client{c, e} {
+		_, _, err := cl.ReadMessage()
+		if fe, ok := err.(*frame.Error); !ok || fe.Code != frame.CloseGoingAway {
+			t.Fatalf("want close 1001, got %v", err)
+		}
+		cl.Send(frame.OpClose, []byte{0x03, 0xe9})
+	}
+	if code := <-codeCh; code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+}
+
+// TestBinarySignals runs the real binary: SIGTERM closes clients with 1001
+// and the process exits 0; /readyz turns 503 while it drains.
+func TestBinarySignals(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := filepath.Join(t.TempDir(), "wsd")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		t.Run(sig.String(), func(t *testing.T) {
+			cmd := exec.Command(bin, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "json", "--drain-timeout", "5s")
+			stderr, _ := cmd.StderrPipe()
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer cmd.Process.Kill()
+			sc := bufio.NewScanner(stderr)
+			var ws, admin string
+			for (ws == "" || admin == "") && sc.Scan() {
+				line := sc.Text()
+				if strings.Contains(line, `"msg":"listening"`) {
+					ws = jsonField(line, "addr")
+				}
+				if strings.Contains(line, `"msg":"admin listening"`) {
+					admin = jsonField(line, "addr")
+				}
+			}
+			go io.Copy(io.Discard, stderr)
+			if ws == "" || admin == "" {
+				t.Fatalf("no listening lines (ws %q admin %q)", ws, admin)
+			}
+			c := wstest.Dial(t, ws, "/ws", wstest.Options{})
+			cmd.Process.Signal(sig)
+			_, _, err := c.ReadMessage()
+			if fe, ok := err.(*frame.Error); !ok || fe.Code != frame.CloseGoingAway {
+				t.Fatalf("want close 1001, got %v", err)
+			}
+			if resp, err := http.Get("http://" + admin + "/readyz"); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusServiceUnavailable {
+					t.Errorf("/readyz while draining: %d", resp.StatusCode)
+				}
+			}
+			c.Send(frame.OpClose, []byte{0x03, 0xe9})
+			if err := cmd.Wait(); err != nil {
+				t.Fatalf("exit: %v", err)
+			}
+		})
+	}
+}
+
+func jsonField(line, key string) string {
+	i := strings.Index(line, `"`+key+`":"`)
+	if i < 0 {
+		return ""
+	}
+	rest := line[i+len(key)+4:]
+	return rest[:strings.IndexByte(rest, '"')]
+}

@@ -1,0 +1,129 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"time"
+)
+
+// Config holds the engine's settings. The zero value of a field means its
+// default (see Defaults).
+type Config struct {
+	// Addr is the address to listen on, "host:port" (":8080" for every
+	// interface).
+	Addr string
+	// Loops is the number of event loops; 0 means one per CPU.
+	Loops int
+	// PingInterval is how long a connection may stay silent before it is
+	// pinged; it is also how long each ping waits for an answer.
+	PingInterval time.Duration
+	// MaxMissedPongs is how many pings in a row may go unanswered (no
+	// inbound traffic at all) before the connection is dropped.
+	MaxMissedPongs int
+	// MaxMessageBytes is the largest message accepted (also after
+	// decompression); larger ones close the connection with 1009.
+	MaxMessageBytes int64
+	// HandshakeTimeout bounds the time from accept to a complete upgrade
+	// request.
+	HandshakeTimeout time.Duration
+	// MaxHandshakeBytes bounds the size of the upgrade request head.
+	MaxHandshakeBytes int
+	// CloseTimeout bounds the close handshake: how long wsd waits for the
+	// peer's close frame (or its FIN) after sending its own.
+	CloseTimeout time.Duration
+	// Compression offers permessage-deflate (RFC 7692) to clients that ask.
+	Compression bool
+	// CompressionLevel is the flate level, 1 (fastest) to 9.
+	CompressionLevel int
+	// CompressionMinBytes: messages shorter than this are sent uncompressed
+	// even on a compressed connection (RFC 7692 allows either per message).
+	CompressionMinBytes int
+	// Tick is the timing wheel's resolution; 0 derives it from the timeouts
+	// (at most 1 s, and fine enough for the shortest of them).
+	Tick time.Duration
+	// Logger receives the engine's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Defaults returns the documented defaults.
+func Defaults() Config {
+	return Config{
+		Addr:                ":8080",
+		PingInterval:        30 * time.Second,
+		MaxMissedPongs:      3,
+		MaxMessageBytes:     1 << 20,
+		HandshakeTimeout:    5 * time.Second,
+		MaxHandshakeBytes:   8 << 10,
+		CloseTimeout:        5 * time.Second,
+		CompressionLevel:    1,
+		CompressionMinBytes: 64,
+	}
+}
+
+// withDefaults fills zero fields from Defaults and checks the result.
+func (c Config) withDefaults() (Config, error) {
+	d := Defaults()
+	if c.Addr == "" {
+		c.Addr = d.Addr
+	}
+	if c.Loops == 0 {
+		c.Loops = runtime.NumCPU()
+	}
+	if c.PingInterval == 0 {
+		c.PingInterval = d.PingInterval
+	}
+	if c.MaxMissedPongs == 0 {
+		c.MaxMissedPongs = d.MaxMissedPongs
+	}
+	if c.MaxMessageBytes == 0 {
+		c.MaxMessageBytes = d.MaxMessageBytes
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = d.HandshakeTimeout
+	}
+	if c.MaxHandshakeBytes == 0 {
+		c.MaxHandshakeBytes = d.MaxHandshakeBytes
+	}
+	if c.CloseTimeout == 0 {
+		c.CloseTimeout = d.CloseTimeout
+	}
+	if c.CompressionLevel == 0 {
+		c.CompressionLevel = d.CompressionLevel
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	var errs []error
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	check(c.Loops >= 1 && c.Loops <= 255, "loops must be 1 to 255, got %d", c.Loops)
+	check(c.PingInterval >= 10*time.Millisecond, "ping interval must be at least 10ms, got %v", c.PingInterval)
+	check(c.MaxMissedPongs >= 1 && c.MaxMissedPongs <= 255, "max missed pongs must be 1 to 255, got %d", c.MaxMissedPongs)
+	check(c.MaxMessageBytes >= 125 && c.MaxMessageBytes <= 1<<40, "max message bytes must be 125 to 2^40, got %d", c.MaxMessageBytes)
+	check(c.HandshakeTimeout >= 10*time.Millisecond, "handshake timeout must be at least 10ms, got %v", c.HandshakeTimeout)
+	check(c.MaxHandshakeBytes >= 256 && c.MaxHandshakeBytes <= 1<<20, "max handshake bytes must be 256 to 1 MiB, got %d", c.MaxHandshakeBytes)
+	check(c.CloseTimeout >= 10*time.Millisecond, "close timeout must be at least 10ms, got %v", c.CloseTimeout)
+	check(c.CompressionLevel >= 1 && c.CompressionLevel <= 9, "compression level must be 1 to 9, got %d", c.CompressionLevel)
+	check(c.CompressionMinBytes >= 0, "compression min bytes must not be negative, got %d", c.CompressionMinBytes)
+	if c.Tick == 0 {
+		c.Tick = time.Second
+		for _, d := range []time.Duration{c.PingInterval, c.HandshakeTimeout, c.CloseTimeout} {
+			if t := d / 4; t < c.Tick {
+				c.Tick = max(t, time.Millisecond)
+			}
+		}
+	}
+	check(c.Tick >= time.Millisecond, "tick must be at least 1ms, got %v", c.Tick)
+	return c, errors.Join(errs...)
+}
+
+// ticks converts d to wheel ticks, rounding up (a timeout never fires early).
+func (c *Config) ticks(d time.Duration) uint32 {
+	n := (d + c.Tick - 1) / c.Tick
+	return uint32(max(n, 1))
+}

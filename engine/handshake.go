@@ -1,0 +1,217 @@
+package engine
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"strconv"
+
+	"github.com/gobwas/httphead"
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsflate"
+)
+
+// failReason classifies a rejected handshake, for metrics and logs.
+type failReason uint8
+
+const (
+	failNone failReason = iota
+	failBadRequest
+	failNotFound
+	failVersion
+	failMethod
+	failTooLarge
+	failTimeout
+	failDraining
+	failAborted
+	numFailReasons
+)
+
+var failReasonNames = [numFailReasons]string{
+	failNone:       "none",
+	failBadRequest: "bad_request",
+	failNotFound:   "not_found",
+	failVersion:    "unsupported_version",
+	failMethod:     "method_not_allowed",
+	failTooLarge:   "request_too_large",
+	failTimeout:    "timeout",
+	failDraining:   "draining",
+	failAborted:    "aborted",
+}
+
+func (r failReason) String() string { return failReasonNames[r] }
+
+// Rejections built once, so a rejected handshake allocates nothing for them.
+var (
+	errNotFound = ws.RejectConnectionError(
+		ws.RejectionStatus(http.StatusNotFound),
+		ws.RejectionReason("no WebSocket endpoint at this path"),
+		ws.RejectionHeader(ws.HandshakeHeaderString("Connection: close\r\n")),
+	)
+	errDraining = ws.RejectConnectionError(
+		ws.RejectionStatus(http.StatusServiceUnavailable),
+		ws.RejectionReason("server is shutting down"),
+		ws.RejectionHeader(ws.HandshakeHeaderString("Connection: close\r\nRetry-After: 1\r\n")),
+	)
+)
+
+// Fixed responses for failures the upgrader never sees.
+var (
+	respBadRequest = httpResponse(http.StatusBadRequest, "malformed HTTP request")
+	respTooLarge   = httpResponse(http.StatusRequestHeaderFieldsTooLarge, "handshake request too large")
+	respTimeout    = httpResponse(http.StatusRequestTimeout, "handshake timed out")
+	respDraining   = httpResponse(http.StatusServiceUnavailable, "server is shutting down")
+)
+
+func httpResponse(code int, body string) []byte {
+	return []byte("HTTP/1.1 " + strconv.Itoa(code) + " " + http.StatusText(code) + "\r\n" +
+		"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n" +
+		"Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body)
+}
+
+// upgradeResult is the outcome of one upgrade request.
+type upgradeResult struct {
+	ok       bool
+	reason   failReason
+	route    int   // index into the server's routes
+	proto    int   // negotiated subprotocol: index+1 into the route's list, 0 for none
+	deflate  bool  // permessage-deflate accepted
+	window   uint8 // server_max_window_bits to compress with
+	response []byte
+}
+
+// handshaker answers HTTP/1.1 upgrade requests from bytes already
+// buffered, with gobwas/ws's Upgrader (RFC 6455 section 4.2 checks, 400/426
+// statuses) run over an in-memory reader. One per event loop, reused: its
+// callbacks are bound once and it allocates little per handshake.
+type handshaker struct {
+	routes      []route
+	compression bool
+	draining    func() bool
+
+	upgrader ws.Upgrader
+	req      bytes.Reader // the request being upgraded
+	out      []byte       // the response being written
+	res      upgradeResult
+}
+
+// Read and Write make the handshaker the "connection" the upgrader reads
+// the buffered request from and writes its response to.
+func (h *handshaker) Read(p []byte) (int, error) { return h.req.Read(p) }
+
+func (h *handshaker) Write(p []byte) (int, error) {
+	h.out = append(h.out, p...)
+	return len(p), nil
+}
+
+func newHandshaker(routes []route, compression bool, maxRequest int, draining func() bool) *handshaker {
+	h := &handshaker{routes: routes, compression: compression, draining: draining}
+	h.upgrader = ws.Upgrader{
+		ReadBufferSize:  maxRequest,
+		WriteBufferSize: 512,
+		OnRequest:       h.onRequest,
+		Protocol:        h.selectProtocol,
+		Negotiate:       h.negotiate,
+	}
+	return h
+}
+
+// endOfRequest returns the length of the HTTP request head at the start of
+// b (through the blank line), or 0 if b does not hold all of it yet.
+func endOfRequest(b []byte) int {
+	if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
+		return i + 4
+	}
+	return 0
+}
+
+// upgrade processes one complete request head and returns the outcome and
+// the bytes to send back. The result is valid until the next call.
+func (h *handshaker) upgrade(req []byte) *upgradeResult {
+	h.res = upgradeResult{route: -1}
+	h.req.Reset(req)
+	h.out = h.out[:0]
+	_, err := h.upgrader.Upgrade(h)
+	h.req.Reset(nil)
+	res := &h.res
+	res.response = h.out
+	if err == nil && res.route >= 0 {
+		res.ok = true
+		return res
+	}
+	res.deflate = false
+	switch {
+	case err == errNotFound:
+		res.reason = failNotFound
+	case err == errDraining:
+		res.reason = failDraining
+	case err == ws.ErrHandshakeUpgradeRequired:
+		res.reason = failVersion
+	case err == ws.ErrHandshakeBadMethod:
+		res.reason = failMethod
+	default:
+		res.reason = failBadRequest
+	}
+	if len(res.response) == 0 {
+		// The request line itself was unreadable: gobwas wrote nothing.
+		res.response = respBadRequest
+	}
+	return res
+}
+
+func (h *handshaker) onRequest(uri []byte) error {
+	path := uri
+	if i := bytes.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	for i := range h.routes {
+		if string(path) == h.routes[i].path {
+			if h.draining() {
+				return errDraining
+			}
+			h.res.route = i
+			return nil
+		}
+	}
+	return errNotFound
+}
+
+func (h *handshaker) selectProtocol(p []byte) bool {
+	if h.res.route < 0 {
+		return false
+	}
+	for i, name := range h.routes[h.res.route].protocols {
+		if string(p) == name {
+			h.res.proto = i + 1
+			return true
+		}
+	}
+	return false
+}
+
+// negotiate accepts the client's first acceptable permessage-deflate offer
+// (RFC 7692). wsd always answers with server_no_context_takeover and
+// client_no_context_takeover, so neither side keeps a compression window
+// between messages and a connection holds no flate state; a client's
+// server_max_window_bits is honoured by compressing with that window.
+// An offer with unknown or malformed parameters is declined, not failed.
+func (h *handshaker) negotiate(opt httphead.Option) (httphead.Option, error) {
+	if !h.compression || h.res.deflate || !bytes.Equal(opt.Name, wsflate.ExtensionNameBytes) {
+		return httphead.Option{}, nil
+	}
+	var offer wsflate.Parameters
+	if err := offer.Parse(opt); err != nil {
+		return httphead.Option{}, nil
+	}
+	accept := wsflate.Parameters{ServerNoContextTakeover: true, ClientNoContextTakeover: true}
+	window := wsflate.WindowBits(15)
+	if offer.ServerMaxWindowBits.Defined() {
+		window = offer.ServerMaxWindowBits
+		accept.ServerMaxWindowBits = window
+	}
+	h.res.deflate = true
+	h.res.window = uint8(window)
+	return accept.Option(), nil
+}
+
+var _ io.ReadWriter = (*handshaker)(nil)

@@ -1,0 +1,36 @@
+package protocol
+
+//go:generate go tool easyjson -no_std_marshalers envelope.go
+
+import "github.com/mailru/easyjson"
+
+// Inbound is a client message: {"type":…,"id":…,"data":…}. Type points into
+// the message being decoded (nocopy) and Data and ID are raw JSON slices of
+// it: all are valid only while the message is handled. Unknown fields are
+// ignored, so clients may send fields that later versions understand.
+//
+//easyjson:json
+type Inbound struct {
+	Type string              `json:"type,nocopy"`
+	ID   easyjson.RawMessage `json:"id,omitempty"`
+	Data easyjson.RawMessage `json:"data,omitempty"`
+}
+
+// Reply is a server message carrying data: echo_reply and broadcast.
+//
+//easyjson:json
+type Reply struct {
+	Type string              `json:"type"`
+	ID   easyjson.RawMessage `json:"id,omitempty"`
+	Data easyjson.RawMessage `json:"data,omitempty"`
+}
+
+// Error is the server's answer to a message it cannot act on.
+//
+//easyjson:json
+type Error struct {
+	Type    string              `json:"type"`
+	ID      easyjson.RawMessage `json:"id,omitempty"`
+	Code    string              `json:"code"`
+	Message string              `json:"message"`
+}

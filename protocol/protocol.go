@@ -1,0 +1,113 @@
+// Package protocol is wsd's JSON message protocol on the /ws endpoint: one
+// JSON object per text message, {"type":…,"id":…,"data":…}. The data field
+// is carried as raw JSON: it is validated but never decoded and
+// re-encoded, and a broadcast is encoded into one frame for all receivers.
+//
+// Client → server:
+//
+//	{"type":"echo","data":…}       answered with {"type":"echo_reply","data":…}
+//	{"type":"broadcast","data":…}  sent to every open /ws connection as {"type":"broadcast","data":…}
+//
+// An optional "id" (any JSON value) is copied into the reply or error.
+// Server → client errors: {"type":"error","code":…,"message":…} with code
+// INVALID_MESSAGE_FORMAT or UNKNOWN_MESSAGE_TYPE.
+package protocol
+
+import (
+	"sync"
+
+	"github.com/mailru/easyjson/jlexer"
+	"github.com/mailru/easyjson/jwriter"
+
+	"github.com/wsdproject/wsd/engine"
+	"github.com/wsdproject/wsd/frame"
+)
+
+// Subprotocol is the name a client may ask for in Sec-WebSocket-Protocol
+// to request this protocol explicitly (it is also what a client gets
+// without asking).
+const Subprotocol = "wsd.json"
+
+// Message types.
+const (
+	TypeEcho      = "echo"
+	TypeEchoReply = "echo_reply"
+	TypeBroadcast = "broadcast"
+	TypeError     = "error"
+)
+
+// Error codes.
+const (
+	CodeInvalidMessageFormat = "INVALID_MESSAGE_FORMAT"
+	CodeUnknownMessageType   = "UNKNOWN_MESSAGE_TYPE"
+)
+
+// Handler serves the protocol; it is an engine.Handler. Its methods run on
+// event loops, concurrently for connections of different loops; it keeps
+// no per-connection state.
+type Handler struct{}
+
+// writers hold reply encoders: sync.Pool keeps one per P, so loops neither
+// allocate nor contend for them.
+var writers = sync.Pool{New: func() any { return new(jwriter.Writer) }}
+
+// OnOpen does nothing: the protocol has no greeting.
+func (Handler) OnOpen(engine.Conn) {}
+
+// OnClose does nothing: the protocol keeps no per-connection state.
+func (Handler) OnClose(engine.Conn, frame.CloseCode) {}
+
+// OnMessage decodes one client message and acts on it.
+func (Handler) OnMessage(c engine.Conn, op frame.OpCode, data []byte) {
+	if op != frame.OpText {
+		sendError(c, nil, CodeInvalidMessageFormat, "binary messages are not supported; send JSON text")
+		return
+	}
+	var in Inbound
+	lex := jlexer.Lexer{Data: data}
+	in.UnmarshalEasyJSON(&lex)
+	if err := lex.Error(); err != nil {
+		sendError(c, nil, CodeInvalidMessageFormat, "message is not a valid JSON object")
+		return
+	}
+	switch in.Type {
+	case TypeEcho:
+		sendReply(c, false, Reply{Type: TypeEchoReply, ID: in.ID, Data: in.Data})
+	case TypeBroadcast:
+		sendReply(c, true, Reply{Type: TypeBroadcast, Data: in.Data})
+	case "":
+		sendError(c, in.ID, CodeInvalidMessageFormat, `missing "type"`)
+	default:
+		sendError(c, in.ID, CodeUnknownMessageType, "unknown message type")
+	}
+}
+
+func sendReply(c engine.Conn, broadcast bool, r Reply) {
+	w := writers.Get().(*jwriter.Writer)
+	r.MarshalEasyJSON(w)
+	send(c, w, broadcast)
+}
+
+func sendError(c engine.Conn, id []byte, code, message string) {
+	w := writers.Get().(*jwriter.Writer)
+	(&Error{Type: TypeError, ID: id, Code: code, Message: message}).MarshalEasyJSON(w)
+	send(c, w, false)
+}
+
+func send(c engine.Conn, w *jwriter.Writer, broadcast bool) {
+	out := w.Buffer.Buf
+	if w.Buffer.Size() != len(out) {
+		out = w.Buffer.BuildBytes() // a large reply that spilled over several chunks
+	}
+	if broadcast {
+		c.Broadcast(frame.OpText, out)
+	} else {
+		_ = c.WriteText(out)
+	}
+	w.Buffer.Buf = w.Buffer.Buf[:0]
+	w.Error = nil
+	if cap(w.Buffer.Buf) > 64<<10 {
+		w.Buffer.Buf = nil
+	}
+	writers.Put(w)
+}

@@ -1,0 +1,167 @@
+package protocol
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/wsdproject/wsd/engine"
+	"github.com/wsdproject/wsd/frame"
+	"github.com/wsdproject/wsd/internal/wstest"
+)
+
+func startServer(t *testing.T) string {
+	t.Helper()
+	s, err := engine.New(engine.Config{Addr: "127.0.0.1:0", Loops: 2, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Handle("/ws", Handler{}, engine.RouteOptions{Subprotocols: []string{Subprotocol}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Handle("/echo", engine.Echo{}, engine.RouteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+	})
+	return s.Addr().String()
+}
+
+func roundTrip(t *testing.T, c *wstest.Client, op frame.OpCode, msg string) string {
+	t.Helper()
+	if err := c.Send(op, []byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	gotOp, got, err := c.ReadMessage()
+	if err != nil {
+		t.Fatalf("reply to %q: %v", msg, err)
+	}
+	if gotOp != frame.OpText || !json.Valid(got) {
+		t.Fatalf("reply to %q is not a JSON text message: %q", msg, got)
+	}
+	return string(got)
+}
+
+func TestEcho(t *testing.T) {
+	addr := startServer(t)
+	c := wstest.Dial(t, addr, "/ws", wstest.Options{Protocols: []string{Subprotocol}})
+	if c.Handshake.Protocol != Subprotocol {
+		t.Fatalf("subprotocol %q", c.Handshake.Protocol)
+	}
+	cases := []struct{ in, want string }{
+		{`{"type":"echo","data":{"b":[1,2,{"c":null}],"a":"x"}}`, `{"type":"echo_reply","data":{"b":[1,2,{"c":null}],"a":"x"}}`},
+		// data is raw JSON: spacing, key order and number forms survive.
+		{`{ "data" : [ 1.50, 2e3 , "\u00e9" ] , "type" : "echo" }`, `{"type":"echo_reply","data":[ 1.50, 2e3 , "\u00e9" ]}`},
+		{`{"type":"echo","id":42,"data":"hi"}`, `{"type":"echo_reply","id":42,"data":"hi"}`},
+		{`{"type":"echo","id":"req-7"}`, `{"type":"echo_reply","id":"req-7"}`},
+		{`{"type":"echo","data":"κόσμε","extra":{"ignored":true}}`, `{"type":"echo_reply","data":"κόσμε"}`},
+	}
+	for _, tc := range cases {
+		if got := roundTrip(t, c, frame.OpText, tc.in); got != tc.want {
+			t.Errorf("%s\n got %s\nwant %s", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestErrors(t *testing.T) {
+	addr := startServer(t)
+	c := wstest.Dial(t, addr, "/ws", wstest.Options{})
+	invalid := `{"type":"error","code":"INVALID_MESSAGE_FORMAT","message":"message is not a valid JSON object"}`
+	cases := []struct {
+		op       frame.OpCode
+		in, want string
+	}{
+		{frame.OpText, `not json`, invalid},
+		{frame.OpText, `{"type":"echo","data":{"a":}}`, invalid},
+		{frame.OpText, `{"type":"echo"`, invalid},
+		{frame.OpText, `[1,2]`, invalid},
+		{frame.OpText, `"echo"`, invalid},
+		{frame.OpText, `{"type":"echo"} trailing`, invalid},
+		{frame.OpText, `{"type":7}`, invalid},
+		{frame.OpText, ``, invalid},
+		{frame.OpText, `{"data":1}`, `{"type":"error","code":"INVALID_MESSAGE_FORMAT","message":"missing \"type\""}`},
+		{frame.OpText, `{"type":"launch","id":"x1"}`, `{"type":"error","id":"x1","code":"UNKNOWN_MESSAGE_TYPE","message":"unknown message type"}`},
+		{frame.OpBinary, `{"type":"echo"}`, `{"type":"error","code":"INVALID_MESSAGE_FORMAT","message":"binary messages are not supported; send JSON text"}`},
+	}
+	for _, tc := range cases {
+		if got := roundTrip(t, c, tc.op, tc.in); got != tc.want {
+			t.Errorf("%q\n got %s\nwant %s", tc.in, got, tc.want)
+		}
+	}
+	// The connection survives every error.
+	if got := roundTrip(t, c, frame.OpText, `{"type":"echo","data":1}`); got != `{"type":"echo_reply","data":1}` {
+		t.Fatalf("after errors: %s", got)
+	}
+}
+
+// TestBroadcast: a broadcast reaches every /ws connection on every loop,
+// the sender included, exactly once and in order, and none on /echo.
+func TestBroadcast(t *testing.T) {
+	addr := startServer(t)
+	var clients []*wstest.Client
+	for range 20 {
+		clients = append(clients, wstest.Dial(t, addr, "/ws", wstest.Options{}))
+	}
+	other := wstest.Dial(t, addr, "/echo", wstest.Options{})
+	for i := range 5 {
+		msg := `{"type":"broadcast","id":"ignored","data":{"n":` + string(rune('0'+i)) + `}}`
+		if err := clients[i].Send(frame.OpText, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		// Wait until everyone has it before the next, so order is defined.
+		want := `{"type":"broadcast","data":{"n":` + string(rune('0'+i)) + `}}`
+		for j, c := range clients {
+			_, got, err := c.ReadMessage()
+			if err != nil || string(got) != want {
+				t.Fatalf("client %d, broadcast %d: %q %v", j, i, got, err)
+			}
+		}
+	}
+	// Nothing extra arrived anywhere: an echo round trip comes back first.
+	for j, c := range clients {
+		if got := roundTrip(t, c, frame.OpText, `{"type":"echo","data":"end"}`); got != `{"type":"echo_reply","data":"end"}` {
+			t.Fatalf("client %d got %s", j, got)
+		}
+	}
+	other.Send(frame.OpText, []byte("echo only"))
+	if _, got, _ := other.ReadMessage(); string(got) != "echo only" {
+		t.Fatalf("/echo connection got %q", got)
+	}
+}
+
+// TestBroadcastCompressed: clients with and without permessage-deflate get
+// the same broadcast.
+func TestBroadcastCompressed(t *testing.T) {
+	s, err := engine.New(engine.Config{Addr: "127.0.0.1:0", Loops: 2, Compression: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Handle("/ws", Handler{}, engine.RouteOptions{})
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(context.Background())
+	addr := s.Addr().String()
+	z := wstest.Dial(t, addr, "/ws", wstest.Options{Deflate: true})
+	plain := wstest.Dial(t, addr, "/ws", wstest.Options{})
+	if !z.Deflate || plain.Deflate {
+		t.Fatalf("deflate negotiated: %v / %v", z.Deflate, plain.Deflate)
+	}
+	data := `"` + string(make([]byte, 0)) + `this text repeats, this text repeats, this text repeats, this text repeats"`
+	z.SendCompressed(frame.OpText, []byte(`{"type":"broadcast","data":`+data+`}`))
+	want := `{"type":"broadcast","data":` + data + `}`
+	for _, c := range []*wstest.Client{z, plain} {
+		if _, got, err := c.ReadMessage(); err != nil || string(got) != want {
+			t.Fatalf("got %q %v", got, err)
+		}
+	}
+}

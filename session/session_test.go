@@ -1,0 +1,251 @@
+package session
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"unsafe"
+)
+
+func TestSlabAllocFree(t *testing.T) {
+	s := NewSlab()
+	var hs []Handle
+	for i := range 3*pageSize + 5 {
+		h, ss := s.Alloc()
+		if h.Index != int32(i) || ss.State != Handshaking {
+			t.Fatalf("alloc %d: handle %+v state %v", i, h, ss.State)
+		}
+		ss.Deadline = uint32(i + 1)
+		hs = append(hs, h)
+	}
+	if s.Len() != len(hs) || s.Cap() != 4*pageSize {
+		t.Fatalf("Len %d Cap %d", s.Len(), s.Cap())
+	}
+	// Addresses are stable across growth.
+	first := s.Get(hs[0])
+	for range pageSize {
+		s.Alloc()
+	}
+	if s.Get(hs[0]) != first || first.Deadline != 1 || first.Self != 0 {
+		t.Fatal("a session moved when the slab grew")
+	}
+
+	s.Free(hs[7].Index)
+	if s.Get(hs[7]) != nil {
+		t.Fatal("a freed handle still resolves")
+	}
+	h, ss := s.Alloc() // LIFO: slot 7 comes back with a new generation
+	if h.Index != 7 || h.Gen == hs[7].Gen {
+		t.Fatalf("reuse gave %+v after freeing %+v", h, hs[7])
+	}
+	if ss.Deadline != 0 || ss.Self != 7 {
+		t.Fatal("reused slot not zeroed")
+	}
+	if s.Get(hs[7]) != nil {
+		t.Fatal("a stale handle reaches the reused slot")
+	}
+	if s.Get(h) != ss {
+		t.Fatal("the new handle does not resolve")
+	}
+	s.Free(h.Index)
+	s.Free(h.Index) // double free is ignored
+	if s.Get(Handle{Index: 1 << 30}) != nil || s.Get(Handle{Index: -1}) != nil {
+		t.Fatal("out of range handle resolved")
+	}
+}
+
+func TestSlabEach(t *testing.T) {
+	s := NewSlab()
+	for range 600 {
+		s.Alloc()
+	}
+	for i := int32(0); i < 600; i += 3 {
+		s.Free(i)
+	}
+	var seen []int32
+	s.Each(func(idx int32, ss *Session) bool {
+		seen = append(seen, idx)
+		if idx == 10 { // freeing others mid-iteration is allowed
+			s.Free(11)
+		}
+		return true
+	})
+	if len(seen) != 400-1 || slices.Contains(seen, 11) || slices.Contains(seen, 0) {
+		t.Fatalf("Each visited %d sessions", len(seen))
+	}
+}
+
+func TestSessionSize(t *testing.T) {
+	// Every idle connection pays for a Session: keep it within two cache lines.
+	if n := unsafe.Sizeof(Session{}); n > 128 {
+		t.Fatalf("Session is %d bytes", n)
+	}
+}
+
+// firings advances w to tick `to` and returns "tick:index" of each firing.
+func firings(w *Wheel, to uint32, fire func(idx int32)) []string {
+	var got []string
+	w.Advance(to, func(idx int32) {
+		got = append(got, fmt.Sprintf("%d:%d", w.Now(), idx))
+		if fire != nil {
+			fire(idx)
+		}
+	})
+	return got
+}
+
+func TestWheelOrderAndRevolutions(t *testing.T) {
+	s := NewSlab()
+	w := NewWheel(s, 8, 0)
+	for range 6 {
+		s.Alloc()
+	}
+	w.Schedule(0, 5)
+	w.Schedule(1, 2)
+	w.Schedule(2, 2)
+	w.Schedule(3, 13) // same bucket as 5, one revolution later
+	w.Schedule(4, 30) // several revolutions
+	w.Schedule(5, 0)  // in the past: next tick
+	got := firings(w, 40, nil)
+	want := []string{"1:5", "2:2", "2:1", "5:0", "13:3", "30:4"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("fired %v, want %v", got, want)
+	}
+	for i := range int32(6) {
+		if _, ok := w.Scheduled(i); ok {
+			t.Fatalf("session %d still scheduled", i)
+		}
+	}
+}
+
+func TestWheelRescheduleAndCancel(t *testing.T) {
+	s := NewSlab()
+	w := NewWheel(s, 4, 0)
+	for range 4 {
+		s.Alloc()
+	}
+	w.Schedule(0, 3)
+	w.Schedule(0, 6) // moves
+	w.Schedule(1, 3)
+	w.Schedule(2, 3)
+	w.Schedule(3, 3)
+	w.Cancel(3)
+	got := firings(w, 10, func(idx int32) {
+		switch idx {
+		case 2: // cancel and free a session due in the same tick
+			w.Cancel(1)
+			s.Free(1)
+		}
+	})
+	// 1 and 2 share tick 3; whichever fires first, 1 must not fire after
+	// 2 cancelled it.
+	if !slices.Equal(got, []string{"3:2", "6:0"}) && !slices.Equal(got, []string{"3:1", "3:2", "6:0"}) {
+		t.Fatalf("fired %v", got)
+	}
+	// Rescheduling from inside fire into the same bucket fires next revolution.
+	w.Schedule(0, 11)
+	got = firings(w, 20, func(idx int32) {
+		if w.Now() == 11 {
+			w.Schedule(idx, 15)
+		}
+	})
+	if !slices.Equal(got, []string{"11:0", "15:0"}) {
+		t.Fatalf("fired %v", got)
+	}
+}
+
+// TestWheelCostPerTick checks that advancing touches only due sessions and
+// those sharing their bucket, not every session.
+func TestWheelCostPerTick(t *testing.T) {
+	s := NewSlab()
+	w := NewWheel(s, 64, 0)
+	for i := range int32(10000) {
+		s.Alloc()
+		w.Schedule(i, 1+uint32(i)%60)
+	}
+	n := 0
+	w.Advance(1, func(idx int32) { n++ })
+	if n != 10000/60+1 {
+		t.Fatalf("tick 1 fired %d sessions", n)
+	}
+}
+
+func TestWheelTickWraparound(t *testing.T) {
+	s := NewSlab()
+	w := NewWheel(s, 8, 0)
+	w.now = ^uint32(0) - 2
+	s.Alloc()
+	w.Schedule(0, w.now+5) // wraps past zero
+	got := firings(w, w.now+10, nil)
+	if len(got) != 1 || got[0] != "2:0" {
+		t.Fatalf("fired %v", got)
+	}
+}
+
+// TestHeartbeat drives the ping/pong rules with a fake clock: an idle
+// session is pinged every interval, activity postpones pings, and the
+// session is dropped after MaxMissed unanswered pings.
+func TestHeartbeat(t *testing.T) {
+	s := NewSlab()
+	w := NewWheel(s, 64, 0)
+	tm := Timeouts{Handshake: 5, Ping: 30, MaxMissed: 3}
+	s.Alloc()
+	idx := int32(0)
+	tm.Opened(w, idx)
+
+	var events []string
+	step := func(to uint32) {
+		w.Advance(to, func(i int32) {
+			v := tm.Expire(w, i)
+			events = append(events, fmt.Sprintf("%d:%d", w.Now(), v))
+			if v == HeartbeatTimeout {
+				s.At(i).State = Closing
+			}
+		})
+	}
+	// Traffic at 10 and 25: the timer fires at 30, finds activity, and
+	// moves to 25+30.
+	step(10)
+	Touch(s.At(idx), 10)
+	step(25)
+	Touch(s.At(idx), 25)
+	step(54)
+	if !slices.Equal(events, []string{"30:0"}) {
+		t.Fatalf("events %v", events)
+	}
+	// Idle from 25: pings at 55, 85, 115; dropped at 145.
+	step(200)
+	want := []string{"30:0", "55:1", "85:1", "115:1", "145:2"}
+	if !slices.Equal(events, want) {
+		t.Fatalf("events %v, want %v", events, want)
+	}
+
+	// A pong after the second ping forgives the misses.
+	events = nil
+	_, ss := s.Alloc()
+	ss2 := int32(1)
+	_ = ss
+	base := w.Now()
+	tm.Opened(w, ss2)
+	step(base + 60) // pings at +30 and +60
+	Touch(s.At(ss2), base+61)
+	step(base + 200)
+	want = []string{
+		fmt.Sprintf("%d:1", base+30), fmt.Sprintf("%d:1", base+60),
+		fmt.Sprintf("%d:0", base+90), // activity at +61 postpones to +91
+		fmt.Sprintf("%d:1", base+91), fmt.Sprintf("%d:1", base+121), fmt.Sprintf("%d:1", base+151),
+		fmt.Sprintf("%d:2", base+181),
+	}
+	if !slices.Equal(events, want) {
+		t.Fatalf("events %v, want %v", events, want)
+	}
+
+	// A handshake that never completes.
+	events = nil
+	h, _ := s.Alloc()
+	w.Schedule(h.Index, w.Now()+tm.Handshake)
+	step(w.Now() + 10)
+	if len(events) != 1 || events[0] != fmt.Sprintf("%d:%d", w.Now()-5, HandshakeTimeout) {
+		t.Fatalf("events %v", events)
+	}
+}
