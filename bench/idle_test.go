@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +13,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/wsdproject/wsd/engine"
+	"github.com/wsdproject/wsd/internal/testserver"
 )
 
 // TestMain lets this test binary serve as its own client processes: the
@@ -68,16 +68,7 @@ func atoi(s string) int {
 // TestIdleRun runs a small idle measurement end to end: two client
 // processes from two source addresses, pings answered, figures reported.
 func TestIdleRun(t *testing.T) {
-	srv, err := engine.New(engine.Config{Addr: "127.0.0.1:0", Loops: 2, PingInterval: 200 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Handle("/echo", engine.Echo{}, engine.RouteOptions{})
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown(context.Background())
+	srv := testserver.Start(t, engine.Config{PingInterval: 300 * time.Millisecond}, testserver.Route{Path: "/echo", Handler: engine.Echo{}})
 	admin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		srv.WriteMetrics(w)
 		metrics.WritePrometheus(w, true)
@@ -87,7 +78,7 @@ func TestIdleRun(t *testing.T) {
 	r, err := RunIdle(context.Background(), IdleOptions{
 		URL: "ws://" + srv.Addr().String() + "/echo", Admin: admin.URL,
 		N: 300, PerProcess: 150, Source: net.ParseIP("127.0.0.2"), Concurrency: 8, Loops: 1,
-		Settle: 300 * time.Millisecond, Hold: time.Second, Timeout: time.Minute,
+		Settle: 300 * time.Millisecond, Hold: 1500 * time.Millisecond, Timeout: time.Minute,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +88,7 @@ func TestIdleRun(t *testing.T) {
 		t.Fatalf("result %+v", r)
 	}
 	if r.PingsDuringHold < 300 {
-		t.Fatalf("%.0f pings during a 1 s hold with a 200 ms ping interval", r.PingsDuringHold)
+		t.Fatalf("%.0f pings during a 1.5 s hold with a 300 ms ping interval", r.PingsDuringHold)
 	}
 	if r.After.Open != 300 {
 		t.Fatalf("the server had %.0f connections at the end of the hold; the clients' pongs should have kept all 300", r.After.Open)

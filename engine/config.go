@@ -65,33 +65,15 @@ func Defaults() Config {
 // withDefaults fills zero fields from Defaults and checks the result.
 func (c Config) withDefaults() (Config, error) {
 	d := Defaults()
-	if c.Addr == "" {
-		c.Addr = d.Addr
-	}
-	if c.Loops == 0 {
-		c.Loops = runtime.NumCPU()
-	}
-	if c.PingInterval == 0 {
-		c.PingInterval = d.PingInterval
-	}
-	if c.MaxMissedPongs == 0 {
-		c.MaxMissedPongs = d.MaxMissedPongs
-	}
-	if c.MaxMessageBytes == 0 {
-		c.MaxMessageBytes = d.MaxMessageBytes
-	}
-	if c.HandshakeTimeout == 0 {
-		c.HandshakeTimeout = d.HandshakeTimeout
-	}
-	if c.MaxHandshakeBytes == 0 {
-		c.MaxHandshakeBytes = d.MaxHandshakeBytes
-	}
-	if c.CloseTimeout == 0 {
-		c.CloseTimeout = d.CloseTimeout
-	}
-	if c.CompressionLevel == 0 {
-		c.CompressionLevel = d.CompressionLevel
-	}
+	orDefault(&c.Addr, d.Addr)
+	orDefault(&c.Loops, runtime.NumCPU())
+	orDefault(&c.PingInterval, d.PingInterval)
+	orDefault(&c.MaxMissedPongs, d.MaxMissedPongs)
+	orDefault(&c.MaxMessageBytes, d.MaxMessageBytes)
+	orDefault(&c.HandshakeTimeout, d.HandshakeTimeout)
+	orDefault(&c.MaxHandshakeBytes, d.MaxHandshakeBytes)
+	orDefault(&c.CloseTimeout, d.CloseTimeout)
+	orDefault(&c.CompressionLevel, d.CompressionLevel)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -120,6 +102,14 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	check(c.Tick >= time.Millisecond, "tick must be at least 1ms, got %v", c.Tick)
 	return c, errors.Join(errs...)
+}
+
+// orDefault sets *v to d if *v is the zero value.
+func orDefault[T comparable](v *T, d T) {
+	var zero T
+	if *v == zero {
+		*v = d
+	}
 }
 
 // ticks converts d to wheel ticks, rounding up (a timeout never fires early).

@@ -328,6 +328,7 @@ func (s *Server) OnShutdown(gnet.Engine) {}
 func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	l := s.loopOf(c.EventLoop())
 	if s.draining.Load() {
+		l.metrics.accepted.inc()
 		l.metrics.handshakeFailures[failDraining].inc()
 		return respDraining, gnet.Close
 	}

@@ -12,14 +12,16 @@ func closePayload(code uint16, reason string) []byte {
 }
 
 // RFC 6455 sections 5.5.1, 7.1.5 and 7.4.
+type closeCase struct {
+	name   string
+	in     []byte
+	code   CloseCode
+	reason string
+	err    *Error
+}
+
 func TestParseClose(t *testing.T) {
-	cases := []struct {
-		name   string
-		in     []byte
-		code   CloseCode
-		reason string
-		err    *Error
-	}{
+	cases := []closeCase{
 		{name: "empty", in: nil, code: CloseNoStatus},
 		{name: "one byte", in: []byte{0x03}, err: ErrCloseLength},
 		{name: "normal", in: closePayload(1000, ""), code: 1000},
@@ -28,23 +30,11 @@ func TestParseClose(t *testing.T) {
 		{name: "bad utf8 reason", in: closePayload(1000, "\xce\xba\xe1"), err: ErrInvalidCloseUTF8},
 	}
 	for _, code := range []uint16{1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999} {
-		cases = append(cases, struct {
-			name   string
-			in     []byte
-			code   CloseCode
-			reason string
-			err    *Error
-		}{name: "valid code", in: closePayload(code, ""), code: CloseCode(code)})
+		cases = append(cases, closeCase{name: "valid code", in: closePayload(code, ""), code: CloseCode(code)})
 	}
 	// The codes Autobahn case 7.9.* sends, and the reserved ones around them.
 	for _, code := range []uint16{0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535} {
-		cases = append(cases, struct {
-			name   string
-			in     []byte
-			code   CloseCode
-			reason string
-			err    *Error
-		}{name: "invalid code", in: closePayload(code, ""), err: ErrCloseCode})
+		cases = append(cases, closeCase{name: "invalid code", in: closePayload(code, ""), err: ErrCloseCode})
 	}
 	for _, tc := range cases {
 		code, reason, err := ParseClose(tc.in)

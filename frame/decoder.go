@@ -9,6 +9,9 @@ type Source interface {
 	InboundBuffered() int
 }
 
+// initialReserve bounds the message buffer taken before payload arrives.
+const initialReserve = 64 << 10
+
 // Kind tells what Decoder.Next found.
 type Kind uint8
 
@@ -174,11 +177,14 @@ func (d *Decoder) Next(src Source, lim Limits) (Event, error) {
 		d.maskPos = 0
 		d.fin = h.Fin
 		if d.msg == nil && h.Length > 0 {
+			// Reserve what a fragmented message likely needs, but never more
+			// than initialReserve up front: a peer that announces a large
+			// frame and sends it slowly only costs what it has sent.
 			hint := h.Length
 			if !h.Fin && hint < 4096 {
 				hint = 4096
 			}
-			d.msg = getBuffer(int(min(hint, lim.MaxMessage)))
+			d.msg = getBuffer(int(min(hint, lim.MaxMessage, initialReserve)))
 		}
 		if d.remaining == 0 {
 			if ev, err := d.endFrame(); err != nil || ev.Kind != KindNone {

@@ -289,6 +289,29 @@ func TestDecoderZeroCopy(t *testing.T) {
 	}
 }
 
+// TestDecoderSlowSender: announcing a large frame reserves little; memory
+// follows the bytes actually sent.
+func TestDecoderSlowSender(t *testing.T) {
+	var (
+		d   Decoder
+		src memSource
+	)
+	defer d.Reset()
+	wire := cf(true, OpBinary, strings.Repeat("s", 1<<20))
+	src.feed(wire[:100])
+	if ev, err := d.Next(&src, Limits{MaxMessage: 2 << 20}); ev.Kind != KindNone || err != nil {
+		t.Fatalf("Next = %v, %v", ev, err)
+	}
+	if cap(d.msg) > initialReserve {
+		t.Fatalf("reserved %d bytes for a frame of which 100 bytes arrived", cap(d.msg))
+	}
+	src.feed(wire[100:])
+	ev, err := d.Next(&src, Limits{MaxMessage: 2 << 20})
+	if err != nil || len(ev.Payload) != 1<<20 {
+		t.Fatalf("got %d bytes, %v", len(ev.Payload), err)
+	}
+}
+
 func TestParseHeaderIncomplete(t *testing.T) {
 	for _, in := range [][]byte{
 		cf(true, OpText, "x"),

@@ -1,39 +1,21 @@
 package protocol
 
 import (
-	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"testing"
-	"time"
 
 	"github.com/wsdproject/wsd/engine"
 	"github.com/wsdproject/wsd/frame"
+	"github.com/wsdproject/wsd/internal/testserver"
 	"github.com/wsdproject/wsd/internal/wstest"
 )
 
 func startServer(t *testing.T) string {
 	t.Helper()
-	s, err := engine.New(engine.Config{Addr: "127.0.0.1:0", Loops: 2, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Handle("/ws", Handler{}, engine.RouteOptions{Subprotocols: []string{Subprotocol}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Handle("/echo", engine.Echo{}, engine.RouteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		s.Shutdown(ctx)
-	})
-	return s.Addr().String()
+	return testserver.Start(t, engine.Config{},
+		testserver.Route{Path: "/ws", Handler: Handler{}, Options: engine.RouteOptions{Subprotocols: []string{Subprotocol}}},
+		testserver.Route{Path: "/echo", Handler: engine.Echo{}},
+	).Addr().String()
 }
 
 func roundTrip(t *testing.T, c *wstest.Client, op frame.OpCode, msg string) string {
@@ -141,15 +123,7 @@ func TestBroadcast(t *testing.T) {
 // TestBroadcastCompressed: clients with and without permessage-deflate get
 // the same broadcast.
 func TestBroadcastCompressed(t *testing.T) {
-	s, err := engine.New(engine.Config{Addr: "127.0.0.1:0", Loops: 2, Compression: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Handle("/ws", Handler{}, engine.RouteOptions{})
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer s.Shutdown(context.Background())
+	s := testserver.Start(t, engine.Config{Compression: true}, testserver.Route{Path: "/ws", Handler: Handler{}})
 	addr := s.Addr().String()
 	z := wstest.Dial(t, addr, "/ws", wstest.Options{Deflate: true})
 	plain := wstest.Dial(t, addr, "/ws", wstest.Options{})

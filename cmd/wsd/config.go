@@ -5,7 +5,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -114,10 +116,19 @@ func parseConfig(args []string, stdout io.Writer) (*config, error) {
 	return c, nil
 }
 
+var ffEnvError = regexp.MustCompile(`^error parsing environment variables: error setting flag "([^"]+)" from environment variable "([^"]+)": (.*)$`)
+
 // cleanFFError turns ff's nested messages into one line naming the setting.
 func cleanFFError(err error) error {
 	msg := err.Error()
 	msg = strings.TrimPrefix(msg, "error parsing commandline arguments: ")
+	if m := ffEnvError.FindStringSubmatch(msg); m != nil {
+		msg = fmt.Sprintf("invalid %s (--%s): %s", m[2], m[1], m[3])
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		msg = "config file: " + msg
+	}
 	return errors.New(msg)
 }
 

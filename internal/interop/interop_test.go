@@ -5,8 +5,6 @@ package interop
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,28 +13,16 @@ import (
 	"time"
 
 	"github.com/wsdproject/wsd/engine"
+	"github.com/wsdproject/wsd/internal/testserver"
 	"github.com/wsdproject/wsd/protocol"
 )
 
 func startServer(t *testing.T) string {
 	t.Helper()
-	s, err := engine.New(engine.Config{
-		Addr: "127.0.0.1:0", Loops: 2, Compression: true,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Handle("/ws", protocol.Handler{}, engine.RouteOptions{Subprotocols: []string{protocol.Subprotocol}})
-	s.Handle("/echo", engine.Echo{}, engine.RouteOptions{})
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		s.Shutdown(ctx)
-	})
+	s := testserver.Start(t, engine.Config{Compression: true},
+		testserver.Route{Path: "/ws", Handler: protocol.Handler{}, Options: engine.RouteOptions{Subprotocols: []string{protocol.Subprotocol}}},
+		testserver.Route{Path: "/echo", Handler: engine.Echo{}},
+	)
 	return "ws://" + s.Addr().String()
 }
 

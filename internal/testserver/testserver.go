@@ -1,0 +1,56 @@
+// Package testserver starts an engine.Server on a free loopback port for
+// tests outside the engine package, and stops it when the test ends.
+package testserver
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/wsdproject/wsd/engine"
+)
+
+// Route is one path to serve.
+type Route struct {
+	Path    string
+	Handler engine.Handler
+	Options engine.RouteOptions
+}
+
+// Start serves routes with cfg (Addr and, unless set, Loops and Logger are
+// filled in) and returns the server.
+func Start(t testing.TB, cfg engine.Config, routes ...Route) *engine.Server {
+	t.Helper()
+	cfg.Addr = "127.0.0.1:0"
+	if cfg.Loops == 0 {
+		cfg.Loops = 2
+	}
+	if cfg.CloseTimeout == 0 {
+		cfg.CloseTimeout = time.Second // clients in tests often never answer a close
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	s, err := engine.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range routes {
+		if err := s.Handle(r.Path, r.Handler, r.Options); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+	})
+	return s
+}
