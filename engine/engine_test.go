@@ -1,4 +1,4 @@
-package engine
+package engine_test
 
 import (
 	"bufio"
@@ -6,65 +6,32 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/wsdproject/wsd/engine"
 	"github.com/wsdproject/wsd/frame"
+	"github.com/wsdproject/wsd/internal/testserver"
 	"github.com/wsdproject/wsd/internal/wstest"
 )
 
-// testLogger logs at debug level when WSD_TEST_DEBUG is set.
-func testLogger() *slog.Logger {
-	if os.Getenv("WSD_TEST_DEBUG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
-
-// startServer starts a server on a free loopback port with an echo route
-// at /echo plus the given routes, and stops it when the test ends.
-func startServer(t testing.TB, cfg Config, routes map[string]Handler) *Server {
+// startServer starts a server with an echo route at /echo plus the given
+// routes (which accept the subprotocols "wsd.json" and "chat").
+func startServer(t testing.TB, cfg engine.Config, routes map[string]engine.Handler) *engine.Server {
 	t.Helper()
-	cfg.Addr = "127.0.0.1:0"
-	if cfg.Loops == 0 {
-		cfg.Loops = 2
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = testLogger()
-	}
-	s, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Handle("/echo", Echo{}, RouteOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	rs := []testserver.Route{{Path: "/echo", Handler: engine.Echo{}}}
 	for p, h := range routes {
-		if err := s.Handle(p, h, RouteOptions{Subprotocols: []string{"wsd.json", "chat"}}); err != nil {
-			t.Fatal(err)
-		}
+		rs = append(rs, testserver.Route{Path: p, Handler: h, Options: engine.RouteOptions{Subprotocols: []string{"wsd.json", "chat"}}})
 	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := s.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-	})
-	return s
+	return testserver.Start(t, cfg, rs...)
 }
 
 func TestEchoSmoke(t *testing.T) {
-	s := startServer(t, Config{}, nil)
+	s := startServer(t, engine.Config{}, nil)
 	c := wstest.Dial(t, s.Addr().String(), "/echo", wstest.Options{})
 	for _, n := range []int{0, 1, 125, 126, 65535, 65536, 1 << 20} {
 		p := bytes.Repeat([]byte("x"), n)
@@ -81,7 +48,7 @@ func TestEchoSmoke(t *testing.T) {
 // TestPartialReads sends frames split across many TCP writes (headers and
 // payloads cut anywhere) and many frames in one write.
 func TestPartialReads(t *testing.T) {
-	s := startServer(t, Config{}, nil)
+	s := startServer(t, engine.Config{}, nil)
 	c := wstest.Dial(t, s.Addr().String(), "/echo", wstest.Options{})
 	payload := bytes.Repeat([]byte("abcdefghij"), 30) // 300 bytes: 16-bit length
 	wire := c.Frame(true, frame.OpBinary, 0, payload)
@@ -134,7 +101,7 @@ func TestPartialReads(t *testing.T) {
 // TestPipelinedHandshake: frames sent in the same write as the upgrade
 // request are processed right after the handshake.
 func TestPipelinedHandshake(t *testing.T) {
-	s := startServer(t, Config{}, nil)
+	s := startServer(t, engine.Config{}, nil)
 	conn, err := net.Dial("tcp", s.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -162,7 +129,7 @@ func TestPipelinedHandshake(t *testing.T) {
 // TestProtocolViolations checks that each violation closes with the right
 // code and that the server then closes TCP.
 func TestProtocolViolations(t *testing.T) {
-	s := startServer(t, Config{MaxMessageBytes: 1000}, nil)
+	s := startServer(t, engine.Config{MaxMessageBytes: 1000}, nil)
 	addr := s.Addr().String()
 	mask := [4]byte{1, 2, 3, 4}
 	cases := []struct {
@@ -195,7 +162,7 @@ func TestProtocolViolations(t *testing.T) {
 
 // TestCloseHandshake covers both directions of the close handshake.
 func TestCloseHandshake(t *testing.T) {
-	s := startServer(t, Config{}, map[string]Handler{"/closer": closer{}})
+	s := startServer(t, engine.Config{}, map[string]engine.Handler{"/closer": closer{}})
 	addr := s.Addr().String()
 
 	// Client-initiated: the server echoes the code and closes TCP.
@@ -229,18 +196,18 @@ func TestCloseHandshake(t *testing.T) {
 }
 
 // closer closes every connection that sends a message.
-type closer struct{ Echo }
+type closer struct{ engine.Echo }
 
-func (closer) OnMessage(c Conn, op frame.OpCode, data []byte) {
+func (closer) OnMessage(c engine.Conn, op frame.OpCode, data []byte) {
 	c.Close(4321, "as asked")
-	if err := c.WriteText([]byte("too late")); err != ErrClosing {
+	if err := c.WriteText([]byte("too late")); err != engine.ErrClosing {
 		panic("write after Close did not fail")
 	}
 }
 
 // TestHandshakeStatuses checks the HTTP answers to bad upgrade requests.
 func TestHandshakeStatuses(t *testing.T) {
-	s := startServer(t, Config{MaxHandshakeBytes: 1024}, map[string]Handler{"/ws": Echo{}})
+	s := startServer(t, engine.Config{MaxHandshakeBytes: 1024}, map[string]engine.Handler{"/ws": engine.Echo{}})
 	addr := s.Addr().String()
 	up := wstest.UpgradeRequest
 	cases := []struct {
@@ -295,7 +262,7 @@ func TestHandshakeStatuses(t *testing.T) {
 // TestHandshakeTimeout: a client that never finishes its request gets 408
 // and is disconnected (slowloris).
 func TestHandshakeTimeout(t *testing.T) {
-	s := startServer(t, Config{HandshakeTimeout: 200 * time.Millisecond}, nil)
+	s := startServer(t, engine.Config{HandshakeTimeout: 200 * time.Millisecond}, nil)
 	conn, err := net.Dial("tcp", s.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -314,7 +281,7 @@ func TestHandshakeTimeout(t *testing.T) {
 func TestHeartbeat(t *testing.T) {
 	// Generous intervals: the answering client must never look dead, even
 	// on a loaded machine under the race detector.
-	s := startServer(t, Config{PingInterval: 250 * time.Millisecond, MaxMissedPongs: 3}, nil)
+	s := startServer(t, engine.Config{PingInterval: 250 * time.Millisecond, MaxMissedPongs: 3}, nil)
 	addr := s.Addr().String()
 
 	silent := wstest.Dial(t, addr, "/echo", wstest.Options{})
@@ -369,7 +336,7 @@ func grep(s, sub string) string {
 // TestNoGoroutinePerConnection opens 2,000 connections and checks that the
 // process's goroutine count does not grow with them.
 func TestNoGoroutinePerConnection(t *testing.T) {
-	s := startServer(t, Config{}, nil)
+	s := startServer(t, engine.Config{}, nil)
 	addr := s.Addr().String()
 	// Warm up: the first connection on each loop sets the loop up.
 	for range 4 {
@@ -407,7 +374,7 @@ func TestNoGoroutinePerConnection(t *testing.T) {
 // TestShutdown: every client gets close 1001, new connections are refused,
 // and Shutdown returns once all are closed.
 func TestShutdown(t *testing.T) {
-	s := startServer(t, Config{}, nil)
+	s := startServer(t, engine.Config{}, nil)
 	addr := s.Addr().String()
 	var cs []*wstest.Client
 	for range 50 {

@@ -6,11 +6,21 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"os"
 	"testing"
 	"time"
 
 	"github.com/wsdproject/wsd/engine"
 )
+
+// Logger discards logs, or writes them at debug level to stderr when
+// WSD_TEST_DEBUG is set.
+func Logger() *slog.Logger {
+	if os.Getenv("WSD_TEST_DEBUG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
 
 // Route is one path to serve.
 type Route struct {
@@ -31,7 +41,7 @@ func Start(t testing.TB, cfg engine.Config, routes ...Route) *engine.Server {
 		cfg.CloseTimeout = time.Second // clients in tests often never answer a close
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		cfg.Logger = Logger()
 	}
 	s, err := engine.New(cfg)
 	if err != nil {
