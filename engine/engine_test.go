@@ -403,3 +403,36 @@ func TestShutdown(t *testing.T) {
 		c.ExpectEOF(t)
 	}
 }
+
+// greeter writes a greeting in OnOpen and, on /bye, closes at once.
+type greeter struct{ engine.Echo }
+
+func (greeter) OnOpen(c engine.Conn) {
+	c.WriteText([]byte("hello " + c.Path()))
+	if c.Path() == "/bye" {
+		c.Close(4000, "not today")
+	}
+}
+
+// TestWritesInOnOpen: what OnOpen writes reaches that connection, and only
+// it, including a close sent before any message arrived.
+func TestWritesInOnOpen(t *testing.T) {
+	s := startServer(t, engine.Config{Loops: 1}, map[string]engine.Handler{"/hi": greeter{}, "/bye": greeter{}})
+	addr := s.Addr().String()
+	for range 3 {
+		bye := wstest.Dial(t, addr, "/bye", wstest.Options{})
+		if _, got, err := bye.ReadMessage(); err != nil || string(got) != "hello /bye" {
+			t.Fatalf("/bye greeting: %q %v", got, err)
+		}
+		bye.ExpectCloseReply(t, 4000)
+
+		hi := wstest.Dial(t, addr, "/hi", wstest.Options{})
+		if _, got, err := hi.ReadMessage(); err != nil || string(got) != "hello /hi" {
+			t.Fatalf("/hi greeting: %q %v", got, err)
+		}
+		hi.Send(frame.OpText, []byte("ping?"))
+		if _, got, err := hi.ReadMessage(); err != nil || string(got) != "ping?" {
+			t.Fatalf("/hi echo: %q %v (bytes meant for another connection?)", got, err)
+		}
+	}
+}

@@ -135,12 +135,18 @@ func (l *loop) traffic(c gnet.Conn, ss *session.Session) gnet.Action {
 		return gnet.None
 	}
 	if ss.State == session.Handshaking {
-		if act := l.handshake(c, ss); act != gnet.None || ss.State != session.Open {
-			return act
+		if act := l.handshake(c, ss); act != gnet.None {
+			return act // rejected: the HTTP error is written
 		}
-		if c.InboundBuffered() == 0 {
-			return l.flush(c, ss)
+		switch ss.State {
+		case session.Handshaking:
+			return gnet.None // the request is not all here yet
+		case session.Free:
+			return gnet.None // the connection died writing the 101
 		}
+		// Upgraded: OnOpen has run and may have written (or closed); what
+		// it wrote is in l.out, and the frames that came with the request
+		// follow.
 	}
 	session.Touch(ss, l.wheel.Now())
 	l.readFrames(ss)
@@ -220,6 +226,7 @@ func (l *loop) reject(c gnet.Conn, ss *session.Session, reason failReason, resp 
 }
 
 // readFrames decodes and dispatches every complete frame buffered for ss.
+// Writes to ss meanwhile are batched in l.out: the caller must flush.
 func (l *loop) readFrames(ss *session.Session) {
 	l.cur = ss
 	lim := frame.Limits{MaxMessage: l.srv.cfg.MaxMessageBytes, Compression: ss.Has(session.FlagDeflate)}

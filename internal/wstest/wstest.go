@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -194,6 +195,22 @@ func (c *Client) ExpectClose(t testing.TB, code frame.CloseCode) {
 			t.Fatalf("close frame %d %q (%v), want code %d", got, reason, err, code)
 		}
 		break
+	}
+	c.ExpectEOF(t)
+}
+
+// ExpectCloseReply reads the server's close frame, checks its code,
+// answers it as a client should, and checks that the server then closes
+// the TCP connection.
+func (c *Client) ExpectCloseReply(t testing.TB, code frame.CloseCode) {
+	t.Helper()
+	_, _, err := c.ReadMessage()
+	fe, ok := err.(*frame.Error)
+	if !ok || fe.Code != code {
+		t.Fatalf("want close %d, got %v", code, err)
+	}
+	if err := c.Send(frame.OpClose, binary.BigEndian.AppendUint16(nil, uint16(code))); err != nil {
+		t.Fatal(err)
 	}
 	c.ExpectEOF(t)
 }
