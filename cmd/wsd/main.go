@@ -104,6 +104,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 	}
 
 	<-ctx.Done()
+	// A second SIGINT or SIGTERM during the drain means "now".
+	again := make(chan os.Signal, 1)
+	signal.Notify(again, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(again)
+	go func() {
+		<-again
+		log.Warn("second signal: exiting without waiting for the drain")
+		os.Exit(1)
+	}()
 	log.Info("shutting down: closing connections with 1001", "open", srv.OpenConnections(), "drain_timeout", cfg.drainTimeout)
 	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.drainTimeout)
 	defer cancel()

@@ -232,29 +232,34 @@ func TestBinarySignals(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
+	start := func(t *testing.T) (*exec.Cmd, string, string) {
+		cmd := exec.Command(bin, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "json",
+			"--drain-timeout", "30s", "--close-timeout", "30s")
+		stderr, _ := cmd.StderrPipe()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill() })
+		sc := bufio.NewScanner(stderr)
+		var ws, admin string
+		for (ws == "" || admin == "") && sc.Scan() {
+			line := sc.Text()
+			if strings.Contains(line, `"msg":"listening"`) {
+				ws = jsonField(line, "addr")
+			}
+			if strings.Contains(line, `"msg":"admin listening"`) {
+				admin = jsonField(line, "addr")
+			}
+		}
+		go io.Copy(io.Discard, stderr)
+		if ws == "" || admin == "" {
+			t.Fatalf("no listening lines (ws %q admin %q)", ws, admin)
+		}
+		return cmd, ws, admin
+	}
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		t.Run(sig.String(), func(t *testing.T) {
-			cmd := exec.Command(bin, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "json", "--drain-timeout", "5s")
-			stderr, _ := cmd.StderrPipe()
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer cmd.Process.Kill()
-			sc := bufio.NewScanner(stderr)
-			var ws, admin string
-			for (ws == "" || admin == "") && sc.Scan() {
-				line := sc.Text()
-				if strings.Contains(line, `"msg":"listening"`) {
-					ws = jsonField(line, "addr")
-				}
-				if strings.Contains(line, `"msg":"admin listening"`) {
-					admin = jsonField(line, "addr")
-				}
-			}
-			go io.Copy(io.Discard, stderr)
-			if ws == "" || admin == "" {
-				t.Fatalf("no listening lines (ws %q admin %q)", ws, admin)
-			}
+			cmd, ws, admin := start(t)
 			c := wstest.Dial(t, ws, "/ws", wstest.Options{})
 			cmd.Process.Signal(sig)
 			_, _, err := c.ReadMessage()
@@ -273,6 +278,27 @@ func TestBinarySignals(t *testing.T) {
 			}
 		})
 	}
+	// A client that never answers would hold the drain for 30 s; a second
+	// signal ends it at once.
+	t.Run("second signal", func(t *testing.T) {
+		cmd, ws, _ := start(t)
+		c := wstest.Dial(t, ws, "/ws", wstest.Options{})
+		cmd.Process.Signal(syscall.SIGTERM)
+		if _, _, err := c.ReadMessage(); err == nil {
+			t.Fatal("no close frame")
+		}
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+				t.Fatalf("exit: %v, want status 1", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("still draining 10 s after the second signal")
+		}
+	})
 }
 
 func jsonField(line, key string) string {
