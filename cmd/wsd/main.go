@@ -104,14 +104,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 	}
 
 	<-ctx.Done()
-	// A second SIGINT or SIGTERM during the drain means "now".
-	again := make(chan os.Signal, 1)
+	// A second SIGINT or SIGTERM during the drain means "now". One that
+	// comes within a second of the first is the same request delivered
+	// twice (to the process group and forwarded by a parent such as make),
+	// not an operator's second press.
+	again := make(chan os.Signal, 4)
 	signal.Notify(again, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(again)
+	first := time.Now()
 	go func() {
-		<-again
-		log.Warn("second signal: exiting without waiting for the drain")
-		os.Exit(1)
+		for range again {
+			if time.Since(first) >= time.Second {
+				log.Warn("second signal: exiting without waiting for the drain")
+				os.Exit(1)
+			}
+		}
 	}()
 	log.Info("shutting down: closing connections with 1001", "open", srv.OpenConnections(), "drain_timeout", cfg.drainTimeout)
 	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.drainTimeout)

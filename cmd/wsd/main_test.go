@@ -287,9 +287,15 @@ func TestBinarySignals(t *testing.T) {
 		if _, _, err := c.ReadMessage(); err == nil {
 			t.Fatal("no close frame")
 		}
-		cmd.Process.Signal(syscall.SIGTERM)
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
+		cmd.Process.Signal(syscall.SIGTERM) // a duplicate delivery: ignored
+		select {
+		case err := <-done:
+			t.Fatalf("exited on a duplicate signal: %v", err)
+		case <-time.After(1100 * time.Millisecond):
+		}
+		cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case err := <-done:
 			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
