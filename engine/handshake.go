@@ -24,6 +24,7 @@ const (
 	failTimeout
 	failDraining
 	failAborted
+	failFull
 	numFailReasons
 )
 
@@ -37,6 +38,7 @@ var failReasonNames = [numFailReasons]string{
 	failTimeout:    "timeout",
 	failDraining:   "draining",
 	failAborted:    "aborted",
+	failFull:       "loop_full",
 }
 
 func (r failReason) String() string { return failReasonNames[r] }
@@ -61,6 +63,7 @@ var (
 	respTooLarge   = httpResponse(http.StatusRequestHeaderFieldsTooLarge, "handshake request too large")
 	respTimeout    = httpResponse(http.StatusRequestTimeout, "handshake timed out")
 	respDraining   = httpResponse(http.StatusServiceUnavailable, "server is shutting down")
+	respFull       = httpResponse(http.StatusServiceUnavailable, "server is at capacity")
 )
 
 func httpResponse(code int, body string) []byte {

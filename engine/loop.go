@@ -109,17 +109,17 @@ func (l *loop) debug(msg string, ss *session.Session, args ...any) {
 
 // open registers a new TCP connection as a handshaking session.
 func (l *loop) open(c gnet.Conn) ([]byte, gnet.Action) {
+	l.metrics.accepted.inc()
 	h, ss := l.slab.Alloc()
 	if h.Index >= 1<<24 { // a connection id holds 24 bits of slot index
 		l.slab.Free(h.Index)
-		l.metrics.handshakeFailures[failDraining].inc()
-		return respDraining, gnet.Close
+		l.metrics.handshakeFailures[failFull].inc()
+		return respFull, gnet.Close
 	}
 	ss.Conn = c
 	ss.Loop = l.idx
 	c.SetContext(ss)
 	l.wheel.Schedule(h.Index, l.wheel.Now()+l.srv.timeouts.Handshake)
-	l.metrics.accepted.inc()
 	l.metrics.open.inc()
 	l.slabCap.Store(int64(l.slab.Cap()))
 	return nil, gnet.None
