@@ -101,6 +101,7 @@ func (d *Decoder) Next(src Source, lim Limits) (Event, error) {
 			if d.msgOp == OpText && !d.compressed && !d.utf8.Write(p) {
 				return Event{}, ErrInvalidUTF8
 			}
+			d.msg = d.grow(d.msg, n, lim.MaxMessage)
 			d.msg = append(d.msg, p...)
 			_, _ = src.Discard(n)
 			d.remaining -= int64(n)
@@ -184,7 +185,7 @@ func (d *Decoder) Next(src Source, lim Limits) (Event, error) {
 			if !h.Fin && hint < 4096 {
 				hint = 4096
 			}
-			d.msg = getBuffer(int(min(hint, lim.MaxMessage, initialReserve)))
+			d.msg = d.grow(nil, int(min(hint, lim.MaxMessage, initialReserve)), lim.MaxMessage)
 		}
 		if d.remaining == 0 {
 			if ev, err := d.endFrame(); err != nil || ev.Kind != KindNone {
@@ -245,8 +246,40 @@ func (d *Decoder) check(h Header, lim Limits) error {
 	default:
 		return ErrReservedOpcode
 	}
-	if int64(len(d.msg))+h.Length > lim.MaxMessage {
+	// h.Length is the peer's number (up to 2^63-1): compare it with what
+	// is left of the allowance, never add it to anything.
+	if h.Length > lim.MaxMessage-int64(len(d.msg)) {
 		return ErrMessageTooBig
 	}
 	return nil
 }
+
+// grow makes room for n more bytes in msg without its capacity ever
+// passing limit: the next pool class while that fits under the limit, an
+// exact allocation of the limit after (not pooled). check has already
+// ensured that len(msg)+n <= limit.
+func (d *Decoder) grow(msg []byte, n int, limit int64) []byte {
+	need := len(msg) + n
+	if need <= cap(msg) {
+		return msg
+	}
+	size := max(2*cap(msg), need)
+	if c := poolClass(size); c <= maxPoolBits-minPoolBits && int64(1)<<(c+minPoolBits) <= limit {
+		size = 1 << (c + minPoolBits)
+	} else {
+		size = int(min(int64(size), limit))
+	}
+	var b []byte
+	if size&(size-1) == 0 && size >= 1<<minPoolBits {
+		b = getBuffer(size)
+	} else {
+		b = make([]byte, 0, size)
+	}
+	b = append(b, msg...)
+	putBuffer(msg)
+	return b
+}
+
+// Held returns the bytes the decoder holds for a message in assembly: the
+// capacity of its buffer. It never exceeds the MaxMessage it is given.
+func (d *Decoder) Held() int { return cap(d.msg) }

@@ -79,6 +79,7 @@ func decodeChunks(t testing.TB, input []byte, chunks []int, lim Limits) result {
 		input = input[n:]
 		for {
 			ev, err := d.Next(&src, lim)
+			checkHeld(t, &d, &src, lim, ev.Kind == KindNone && err == nil)
 			if err != nil {
 				e, ok := err.(*Error)
 				if !ok {
@@ -108,6 +109,25 @@ func decodeChunks(t testing.TB, input []byte, chunks []int, lim Limits) result {
 }
 
 var defaultLimits = Limits{MaxMessage: 1 << 20}
+
+// maxLeftover is the most a decoder leaves in the connection's buffer when
+// it waits for more bytes: a partial header, or a partial control frame
+// (a header of at most 6 bytes and 125 of payload).
+const maxLeftover = 6 + MaxControlPayload
+
+// checkHeld asserts the memory property every input must respect: the
+// decoder's own buffer never exceeds the message limit, and when it waits
+// for more bytes it has consumed all but a partial header or control frame.
+// Together: at most MaxMessage + one header of a peer's bytes are held.
+func checkHeld(t testing.TB, d *Decoder, src *memSource, lim Limits, waiting bool) {
+	t.Helper()
+	if int64(d.Held()) > lim.MaxMessage {
+		t.Fatalf("decoder holds %d bytes, limit %d", d.Held(), lim.MaxMessage)
+	}
+	if waiting && src.InboundBuffered() > maxLeftover {
+		t.Fatalf("decoder waits with %d bytes unconsumed (at most %d may be left)", src.InboundBuffered(), maxLeftover)
+	}
+}
 
 // The table follows RFC 6455 sections 5 (framing) and 7 (closing; the close
 // payload itself is checked by ParseClose, see close_test.go).
@@ -171,6 +191,9 @@ var decoderCases = []struct {
 	{name: "at limit", in: cf(true, OpBinary, "12345678"), lim: Limits{MaxMessage: 8}, want: `binary("12345678")`},
 	{name: "frame over limit", in: cf(true, OpBinary, "123456789"), lim: Limits{MaxMessage: 8}, want: `!1009`},
 	{name: "fragments over limit", in: cat(cf(false, OpBinary, "12345"), cf(true, OpContinuation, "6789")), lim: Limits{MaxMessage: 8}, want: `!1009`},
+	// A length near 2^63 must not wrap the limit check (buffered + length).
+	{name: "continuation length near 2^63", in: cat(cf(false, OpBinary, "12345"), rawHeader(0x80, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfb), []byte("streamed")), lim: Limits{MaxMessage: 8}, want: `!1009`},
+	{name: "first frame length 2^63-1", in: cat(rawHeader(0x82, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff), []byte("streamed")), lim: Limits{MaxMessage: 1 << 40}, want: `!1009`},
 	{name: "control frames do not count", in: cat(cf(false, OpBinary, "1234"), cf(true, OpPing, "123456789"), cf(true, OpContinuation, "5678")), lim: Limits{MaxMessage: 8}, want: `ping("123456789") binary("12345678")`},
 }
 

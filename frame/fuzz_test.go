@@ -6,14 +6,19 @@ import (
 )
 
 // FuzzDecoder feeds arbitrary bytes to the decoder, whole and in chunks
-// whose sizes come from the fuzzer too. It must never panic, every event
-// must respect the limits, and the outcome must not depend on how the
-// bytes were split across reads.
+// whose sizes come from the fuzzer too. It must never panic; after every
+// call the decoder must hold at most the message limit in its own buffer
+// and leave at most a partial header or control frame unconsumed (checked
+// on the decoder itself by decodeChunks); and the outcome must not depend
+// on how the bytes were split across reads.
 func FuzzDecoder(f *testing.F) {
 	for _, tc := range decoderCases {
 		f.Add(tc.in, []byte{3, 7, 1}, tc.lim.Compression)
 	}
 	f.Add(cat(cf(false, OpText, "Hel"), cf(true, OpPing, ""), cf(true, OpContinuation, "lo")), []byte{1}, false)
+	// A continuation announcing 2^63-5 bytes after a fragment: the sum of
+	// the two once wrapped past the limit check.
+	f.Add(cat(cf(false, OpBinary, "12345"), rawHeader(0x80, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfb), bytes.Repeat([]byte("x"), 5000)), []byte{9, 200}, false)
 	f.Fuzz(func(t *testing.T, in []byte, splits []byte, compression bool) {
 		lim := Limits{MaxMessage: 4096, Compression: compression}
 		whole := decodeChunks(t, bytes.Clone(in), nil, lim)
