@@ -40,6 +40,17 @@ type Config struct {
 	// CompressionMinBytes: messages shorter than this are sent uncompressed
 	// even on a compressed connection (RFC 7692 allows either per message).
 	CompressionMinBytes int
+	// MaxOutboundBytes is each connection's high-water mark on outbound
+	// bytes waiting in user space for a peer that does not read fast
+	// enough (gnet's outbound buffer). A frame that would take a connection
+	// past it is not queued: SlowConsumer decides what happens instead. A
+	// connection whose buffer is empty may take one frame larger than the
+	// mark (the kernel gets it first), so what a connection holds is at most
+	// the larger of the mark and its largest frame.
+	MaxOutboundBytes int
+	// SlowConsumer is the policy for a connection over its mark; the zero
+	// value is SlowConsumerClose.
+	SlowConsumer SlowConsumerPolicy
 	// Tick is the timing wheel's resolution; 0 derives it from the timeouts
 	// (at most 1 s, and fine enough for the shortest of them).
 	Tick time.Duration
@@ -59,7 +70,48 @@ func Defaults() Config {
 		CloseTimeout:        5 * time.Second,
 		CompressionLevel:    1,
 		CompressionMinBytes: 64,
+		MaxOutboundBytes:    1 << 20,
+		SlowConsumer:        SlowConsumerClose,
 	}
+}
+
+// SlowConsumerPolicy says what happens to a connection whose outbound
+// bytes would pass Config.MaxOutboundBytes. Either way, a connection whose
+// own requests (its pings, the replies to its messages) would take it over
+// the mark is closed with 1013: those are never dropped.
+type SlowConsumerPolicy uint8
+
+const (
+	// SlowConsumerClose sends close 1013 ("slow consumer") and closes the
+	// TCP connection as soon as that frame is out, without waiting for the
+	// peer's close frame, or at CloseTimeout if it never gets out.
+	SlowConsumerClose SlowConsumerPolicy = iota
+	// SlowConsumerDrop skips broadcast and push frames for the connection
+	// while it is over the mark (counted in
+	// wsd_outbound_dropped_frames_total) and delivers again once the peer
+	// has read enough.
+	SlowConsumerDrop
+)
+
+func (p SlowConsumerPolicy) String() string {
+	switch p {
+	case SlowConsumerClose:
+		return "close"
+	case SlowConsumerDrop:
+		return "drop"
+	}
+	return "unknown"
+}
+
+// ParseSlowConsumerPolicy parses "close" or "drop".
+func ParseSlowConsumerPolicy(s string) (SlowConsumerPolicy, error) {
+	switch s {
+	case "close":
+		return SlowConsumerClose, nil
+	case "drop":
+		return SlowConsumerDrop, nil
+	}
+	return 0, fmt.Errorf("invalid slow-consumer policy %q: want close or drop", s)
 }
 
 // withDefaults fills zero fields from Defaults and checks the result.
@@ -74,6 +126,7 @@ func (c Config) withDefaults() (Config, error) {
 	orDefault(&c.MaxHandshakeBytes, d.MaxHandshakeBytes)
 	orDefault(&c.CloseTimeout, d.CloseTimeout)
 	orDefault(&c.CompressionLevel, d.CompressionLevel)
+	orDefault(&c.MaxOutboundBytes, d.MaxOutboundBytes)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -92,6 +145,8 @@ func (c Config) withDefaults() (Config, error) {
 	check(c.CloseTimeout >= 10*time.Millisecond, "close timeout must be at least 10ms, got %v", c.CloseTimeout)
 	check(c.CompressionLevel >= 1 && c.CompressionLevel <= 9, "compression level must be 1 to 9, got %d", c.CompressionLevel)
 	check(c.CompressionMinBytes >= 0, "compression min bytes must not be negative, got %d", c.CompressionMinBytes)
+	check(c.MaxOutboundBytes >= 1024 && c.MaxOutboundBytes <= 1<<30, "max outbound bytes must be 1 KiB to 1 GiB, got %d", c.MaxOutboundBytes)
+	check(c.SlowConsumer <= SlowConsumerDrop, "unknown slow-consumer policy %d", c.SlowConsumer)
 	if c.Tick == 0 {
 		c.Tick = time.Second
 		for _, d := range []time.Duration{c.PingInterval, c.HandshakeTimeout, c.CloseTimeout} {
