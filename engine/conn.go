@@ -8,15 +8,48 @@ import (
 	"github.com/wsdproject/wsd/session"
 )
 
-// ErrClosing is returned when writing to a connection that is closing.
-var ErrClosing = errors.New("engine: connection is closing")
+// Errors of Conn methods and of Broadcast.
+var (
+	// ErrClosing: the connection is closing (a close frame was sent or
+	// received); it takes no more messages.
+	ErrClosing = errors.New("engine: connection is closing")
+	// ErrClosed: the connection is gone; a Conn kept past its connection's
+	// end refers to nothing (its slot may serve another connection by now).
+	ErrClosed = errors.New("engine: connection is closed")
+	// ErrDropped: the message was not queued because the connection is over
+	// its outbound high-water mark and the policy is SlowConsumerDrop.
+	ErrDropped = errors.New("engine: message dropped: the connection is not reading fast enough")
+	// ErrSlowConsumer: the message was not queued because it would take the
+	// connection over its outbound high-water mark; the connection is being
+	// closed with 1013.
+	ErrSlowConsumer = errors.New("engine: connection closed as a slow consumer")
+	// ErrServerClosed: Shutdown has begun.
+	ErrServerClosed = errors.New("engine: server is shutting down")
+)
 
 // Conn is a WebSocket connection as a Handler sees it: a small value
-// naming the connection's loop and session. It is valid only during the
-// Handler call that received it, on that call's goroutine.
+// naming the connection's loop, session slot and the slot's generation.
+//
+// A Conn may be kept and used after the callback that received it, but
+// only on the connection's own event loop (in a later callback or task of
+// that loop), never from another goroutine. Once the connection is gone
+// every method is a no-op: writes return ErrClosed, and a kept Conn never
+// reaches a later connection that reuses its slot.
 type Conn struct {
 	l *loop
 	s *session.Session
+	h session.Handle
+}
+
+// conn returns the Conn for a live session of the loop.
+func (l *loop) conn(ss *session.Session) Conn {
+	return Conn{l: l, s: ss, h: session.Handle{Index: ss.Self, Gen: ss.Gen()}}
+}
+
+// live reports whether c still refers to its connection (open, closing,
+// or gone with its OnClose not yet finished).
+func (c Conn) live() bool {
+	return c.s != nil && c.s.Gen() == c.h.Gen && c.s.State != session.Free
 }
 
 // makeConnID packs a connection's loop, slot and slot generation: unique
@@ -27,38 +60,72 @@ func makeConnID(loop uint8, h session.Handle) uint64 {
 }
 
 // ID returns the connection's id, unique within the process (the "conn"
-// field of every log line about the connection).
-func (c Conn) ID() uint64 { return c.l.connID(c.s) }
+// field of every log line about the connection). It stays the same after
+// the connection is gone.
+func (c Conn) ID() uint64 {
+	if c.l == nil {
+		return 0
+	}
+	return makeConnID(c.l.idx, c.h)
+}
 
-// RemoteAddr returns the peer's address.
-func (c Conn) RemoteAddr() net.Addr { return c.s.Conn.RemoteAddr() }
+// RemoteAddr returns the peer's address, or nil for a Conn whose
+// connection is gone (in OnClose it is still known).
+func (c Conn) RemoteAddr() net.Addr {
+	if !c.live() {
+		return nil
+	}
+	if c.s.State == session.Gone {
+		return c.l.goneAddr(c.h.Index)
+	}
+	return c.s.Conn.RemoteAddr()
+}
 
-// Path returns the route the connection was opened on.
-func (c Conn) Path() string { return c.l.srv.routes[c.s.Endpoint].path }
+// Path returns the route the connection was opened on ("" once gone).
+func (c Conn) Path() string {
+	if !c.live() {
+		return ""
+	}
+	return c.l.srv.routes[c.s.Endpoint].path
+}
 
 // Subprotocol returns the negotiated subprotocol, or "".
 func (c Conn) Subprotocol() string {
-	if c.s.Proto == 0 {
+	if !c.live() || c.s.Proto == 0 {
 		return ""
 	}
 	return c.l.srv.routes[c.s.Endpoint].protocols[c.s.Proto-1]
 }
 
 // Compressed reports whether permessage-deflate was negotiated.
-func (c Conn) Compressed() bool { return c.s.Has(session.FlagDeflate) }
+func (c Conn) Compressed() bool { return c.live() && c.s.Has(session.FlagDeflate) }
 
-// Write sends one message. Writes during a callback for this connection
-// go out together when the callback returns; the payload is copied (or
-// compressed) before Write returns.
-func (c Conn) Write(op frame.OpCode, p []byte) error {
-	if c.s.State != session.Open {
+// usable returns nil if messages may be written to c.
+func (c Conn) usable() error {
+	switch {
+	case !c.live() || c.s.State == session.Gone:
+		return ErrClosed
+	case c.s.State != session.Open:
 		return ErrClosing
+	}
+	return nil
+}
+
+// Write sends one message. A write to the connection whose callback is
+// running is a reply: it goes out with that callback's other writes when it
+// returns, and is never dropped (if it would take the connection over its
+// outbound mark, the connection is closed with 1013 and Write returns
+// ErrSlowConsumer). A write to any other connection is a push, subject to
+// the slow-consumer policy (ErrDropped or ErrSlowConsumer). The payload is
+// copied (or compressed) before Write returns.
+func (c Conn) Write(op frame.OpCode, p []byte) error {
+	if err := c.usable(); err != nil {
+		return err
 	}
 	if op != frame.OpText && op != frame.OpBinary {
 		return errors.New("engine: Write takes text or binary messages")
 	}
-	c.l.writeMessage(c.s, op, p)
-	return nil
+	return c.l.writeMessage(c.s, op, p)
 }
 
 // WriteText sends a text message; p must be valid UTF-8.
@@ -66,18 +133,27 @@ func (c Conn) WriteText(p []byte) error { return c.Write(frame.OpText, p) }
 
 // Close starts the close handshake with code and reason.
 func (c Conn) Close(code frame.CloseCode, reason string) error {
-	if c.s.State != session.Open {
-		return ErrClosing
+	if err := c.usable(); err != nil {
+		return err
 	}
 	if !frame.ValidCloseCode(code) {
 		return errors.New("engine: invalid close code")
+	}
+	if c.s.Reason == 0 {
+		c.s.Reason = uint8(ReasonApplication)
 	}
 	c.l.sendClose(c.s, code, reason)
 	return nil
 }
 
 // Broadcast sends one message to every open connection on this
-// connection's route, this one included, encoding it once.
-func (c Conn) Broadcast(op frame.OpCode, p []byte) {
-	c.l.srv.broadcast(c.l, int(c.s.Endpoint), op, p)
+// connection's route, this one included, encoding it once. It follows the
+// delivery contract of Server.Broadcast; for this connection the message
+// is queued in order with the callback's other writes. It works in OnClose
+// too (the closed connection itself is no longer among the receivers).
+func (c Conn) Broadcast(op frame.OpCode, p []byte) error {
+	if !c.live() {
+		return ErrClosed
+	}
+	return c.l.srv.broadcast(c.l, int(c.s.Endpoint), op, p)
 }

@@ -13,4 +13,4 @@ func (Echo) OnOpen(Conn) {}
 func (Echo) OnMessage(c Conn, op frame.OpCode, data []byte) { _ = c.Write(op, data) }
 
 // OnClose does nothing.
-func (Echo) OnClose(Conn, frame.CloseCode) {}
+func (Echo) OnClose(Conn, CloseInfo) {}

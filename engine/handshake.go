@@ -5,10 +5,14 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/gobwas/httphead"
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsflate"
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/wsdproject/wsd/session"
 )
 
 // failReason classifies a rejected handshake, for metrics and logs.
@@ -43,32 +47,44 @@ var failReasonNames = [numFailReasons]string{
 
 func (r failReason) String() string { return failReasonNames[r] }
 
-// Rejections built once, so a rejected handshake allocates nothing for them.
+// Rejections the upgrader's callbacks return.
 var (
-	errNotFound = ws.RejectConnectionError(
-		ws.RejectionStatus(http.StatusNotFound),
-		ws.RejectionReason("no WebSocket endpoint at this path"),
-		ws.RejectionHeader(ws.HandshakeHeaderString("Connection: close\r\n")),
-	)
-	errDraining = ws.RejectConnectionError(
-		ws.RejectionStatus(http.StatusServiceUnavailable),
-		ws.RejectionReason("server is shutting down"),
-		ws.RejectionHeader(ws.HandshakeHeaderString("Connection: close\r\nRetry-After: 1\r\n")),
-	)
+	errNotFound = ws.RejectConnectionError(ws.RejectionStatus(http.StatusNotFound))
+	errDraining = ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable))
 )
 
-// Fixed responses for failures the upgrader never sees.
+// Every refusal is answered with one of these, built once (a rejected
+// handshake allocates nothing for its answer), each with Connection: close
+// because wsd closes the connection after it.
 var (
 	respBadRequest = httpResponse(http.StatusBadRequest, "malformed HTTP request")
+	respNotFound   = httpResponse(http.StatusNotFound, "no WebSocket endpoint at this path")
+	respMethod     = httpResponse(http.StatusMethodNotAllowed, "a WebSocket upgrade is a GET request", "Allow: GET")
+	respVersion    = httpResponse(http.StatusUpgradeRequired, "unsupported WebSocket version", "Sec-WebSocket-Version: 13")
+	respHTTP10     = httpResponse(http.StatusHTTPVersionNotSupported, "a WebSocket upgrade needs HTTP/1.1")
 	respTooLarge   = httpResponse(http.StatusRequestHeaderFieldsTooLarge, "handshake request too large")
 	respTimeout    = httpResponse(http.StatusRequestTimeout, "handshake timed out")
-	respDraining   = httpResponse(http.StatusServiceUnavailable, "server is shutting down")
-	respFull       = httpResponse(http.StatusServiceUnavailable, "server is at capacity")
+	respDraining   = httpResponse(http.StatusServiceUnavailable, "server is shutting down", "Retry-After: 1")
+	respFull       = httpResponse(http.StatusServiceUnavailable, "server is at capacity", "Retry-After: 1")
+
+	// respBadHeader answers the upgrader's 400s, naming the bad header.
+	respBadHeader = map[error][]byte{}
 )
 
-func httpResponse(code int, body string) []byte {
+func init() {
+	for _, err := range []error{ws.ErrHandshakeBadHost, ws.ErrHandshakeBadUpgrade, ws.ErrHandshakeBadConnection,
+		ws.ErrHandshakeBadSecKey, ws.ErrHandshakeBadSecVersion, ws.ErrMalformedRequest} {
+		respBadHeader[err] = httpResponse(http.StatusBadRequest, strings.TrimPrefix(err.Error(), "handshake error: "))
+	}
+}
+
+func httpResponse(code int, body string, headers ...string) []byte {
+	var extra string
+	for _, h := range headers {
+		extra += h + "\r\n"
+	}
 	return []byte("HTTP/1.1 " + strconv.Itoa(code) + " " + http.StatusText(code) + "\r\n" +
-		"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n" +
+		"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n" + extra +
 		"Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body)
 }
 
@@ -142,22 +158,27 @@ func (h *handshaker) upgrade(req []byte) *upgradeResult {
 		res.ok = true
 		return res
 	}
+	// The upgrader's own error responses are replaced by ours (they lack
+	// Connection: close, and 405 its Allow header).
 	res.deflate = false
-	switch {
-	case err == errNotFound:
-		res.reason = failNotFound
-	case err == errDraining:
-		res.reason = failDraining
-	case err == ws.ErrHandshakeUpgradeRequired:
-		res.reason = failVersion
-	case err == ws.ErrHandshakeBadMethod:
-		res.reason = failMethod
+	res.reason = failBadRequest
+	switch err {
+	case errNotFound:
+		res.reason, res.response = failNotFound, respNotFound
+	case errDraining:
+		res.reason, res.response = failDraining, respDraining
+	case ws.ErrHandshakeUpgradeRequired:
+		res.reason, res.response = failVersion, respVersion
+	case ws.ErrHandshakeBadMethod:
+		res.reason, res.response = failMethod, respMethod
+	case ws.ErrHandshakeBadProtocol:
+		res.response = respHTTP10
 	default:
-		res.reason = failBadRequest
-	}
-	if len(res.response) == 0 {
-		// The request line itself was unreadable: gobwas wrote nothing.
-		res.response = respBadRequest
+		if r, ok := respBadHeader[err]; ok {
+			res.response = r
+		} else {
+			res.response = respBadRequest
+		}
 	}
 	return res
 }
@@ -218,3 +239,64 @@ func (h *handshaker) negotiate(opt httphead.Option) (httphead.Option, error) {
 }
 
 var _ io.ReadWriter = (*handshaker)(nil)
+
+// handshake reads the upgrade request once it is all buffered and answers it.
+func (l *loop) handshake(c gnet.Conn, ss *session.Session) gnet.Action {
+	limit := l.srv.cfg.MaxHandshakeBytes
+	n := c.InboundBuffered()
+	if n == 0 {
+		return gnet.None
+	}
+	buf, err := c.Peek(min(n, limit))
+	if err != nil {
+		return gnet.None
+	}
+	if buf[0] < 'A' || buf[0] > 'Z' { // not an HTTP method: TLS, garbage
+		return l.reject(c, ss, failBadRequest, respBadRequest)
+	}
+	end := endOfRequest(buf)
+	if end == 0 {
+		if n >= limit {
+			return l.reject(c, ss, failTooLarge, respTooLarge)
+		}
+		return gnet.None
+	}
+	res := l.hs.upgrade(buf[:end])
+	_, _ = l.src.Discard(end)
+	if !res.ok {
+		return l.reject(c, ss, res.reason, res.response)
+	}
+	ss.Endpoint = uint8(res.route)
+	ss.Proto = uint8(res.proto)
+	if res.deflate {
+		ss.Flags |= session.FlagDeflate
+		ss.Window = res.window
+	}
+	l.metrics.bytesOut.add(uint64(len(res.response)))
+	_, _ = c.Write(res.response)
+	if ss.State == session.Gone {
+		return gnet.None
+	}
+	// Broadcasts posted before this moment go to the connections open
+	// before it, not to this one.
+	l.drainInbox()
+	l.srv.timeouts.Opened(l.wheel, ss.Self)
+	l.addMember(ss)
+	l.metrics.handshakes.inc()
+	l.debug("connection opened", ss, "remote", c.RemoteAddr(), "path", l.srv.routes[ss.Endpoint].path,
+		"deflate", ss.Has(session.FlagDeflate))
+	l.cur = ss
+	l.callOpen(ss)
+	return gnet.None
+}
+
+// reject answers a failed handshake with an HTTP error and closes.
+func (l *loop) reject(c gnet.Conn, ss *session.Session, reason failReason, resp []byte) gnet.Action {
+	l.metrics.handshakeFailures[reason].inc()
+	ss.Flags |= session.FlagCloseSent
+	l.debug("handshake rejected", ss, "remote", c.RemoteAddr(), "reason", reason.String())
+	_, _ = c.Discard(c.InboundBuffered())
+	l.metrics.bytesOut.add(uint64(len(resp)))
+	_, _ = c.Write(resp)
+	return gnet.Close
+}

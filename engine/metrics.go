@@ -5,8 +5,6 @@ import (
 	"strconv"
 	"sync/atomic"
 
-	"github.com/VictoriaMetrics/metrics"
-
 	"github.com/wsdproject/wsd/frame"
 )
 
@@ -33,7 +31,7 @@ func closeBucket(code frame.CloseCode) int {
 	return len(closeCodes)
 }
 
-// loopMetrics are one event loop's counters.
+// loopMetrics are one event loop's counters and gauges.
 type loopMetrics struct {
 	accepted          counter
 	handshakes        counter
@@ -45,56 +43,145 @@ type loopMetrics struct {
 	bytesOut          counter
 	pings             counter
 	heartbeatTimeouts counter
+	slowClose         counter // connections closed as slow consumers
+	slowDrop          counter // times a connection went over its mark under the drop policy
+	droppedFrames     counter // frames not sent to connections over their mark
+	handlerPanics     counter
 	handshakeFailures [numFailReasons]counter
 	closedByCode      [len(closeCodes) + 1]counter
-	_                 [64]byte // keep the next loop's counters off this cache line
+	closedByReason    [numCloseReasons]counter
+	outboundBytes     atomic.Int64 // bytes waiting in user space for peers, as of the last tick
+	backlogged        atomic.Int64 // connections with such bytes, as of the last tick
+	_                 [64]byte     // keep the next loop's counters off this cache line
 }
 
-// WriteMetrics writes the engine's metrics in Prometheus text format,
-// summed over event loops. The cmd/wsd admin server adds the Go runtime
-// and process metrics.
+// promWriter writes the Prometheus text format: each family's HELP and
+// TYPE once, then its samples.
+type promWriter struct {
+	w   io.Writer
+	buf []byte
+}
+
+func (p *promWriter) family(name, typ, help string) {
+	p.buf = append(p.buf, "# HELP "...)
+	p.buf = append(p.buf, name...)
+	p.buf = append(p.buf, ' ')
+	p.buf = append(p.buf, help...)
+	p.buf = append(p.buf, "\n# TYPE "...)
+	p.buf = append(p.buf, name...)
+	p.buf = append(p.buf, ' ')
+	p.buf = append(p.buf, typ...)
+	p.buf = append(p.buf, '\n')
+}
+
+// sample writes name{label="value"} v (no braces when label is "").
+func (p *promWriter) sample(name, label, value string, v int64) {
+	p.buf = append(p.buf, name...)
+	if label != "" {
+		p.buf = append(p.buf, '{')
+		p.buf = append(p.buf, label...)
+		p.buf = append(p.buf, `="`...)
+		p.buf = append(p.buf, value...)
+		p.buf = append(p.buf, `"}`...)
+	}
+	p.buf = append(p.buf, ' ')
+	p.buf = strconv.AppendInt(p.buf, v, 10)
+	p.buf = append(p.buf, '\n')
+}
+
+// one writes a family with a single unlabelled sample.
+func (p *promWriter) one(name, typ, help string, v int64) {
+	p.family(name, typ, help)
+	p.sample(name, "", "", v)
+}
+
+// WriteMetrics writes the engine's metrics in Prometheus text format (with
+// HELP and TYPE lines), summed over event loops. The cmd/wsd admin server
+// adds the Go runtime and process metrics.
 func (s *Server) WriteMetrics(w io.Writer) {
 	ls := s.loopList()
-	sum := func(f func(m *loopMetrics) *counter) uint64 {
+	sum := func(f func(m *loopMetrics) *counter) int64 {
 		var n uint64
 		for _, l := range ls {
 			n += f(&l.metrics).get()
 		}
+		return int64(n)
+	}
+	gauge := func(f func(m *loopMetrics) *atomic.Int64) int64 {
+		var n int64
+		for _, l := range ls {
+			n += f(&l.metrics).Load()
+		}
 		return n
 	}
-	metrics.WriteGaugeUint64(w, "wsd_connections_open", sum(func(m *loopMetrics) *counter { return &m.open }))
-	metrics.WriteCounterUint64(w, "wsd_connections_accepted_total", sum(func(m *loopMetrics) *counter { return &m.accepted }))
-	metrics.WriteCounterUint64(w, "wsd_handshakes_total", sum(func(m *loopMetrics) *counter { return &m.handshakes }))
+	p := &promWriter{w: w, buf: make([]byte, 0, 8<<10)}
+	p.one("wsd_connections_open", "gauge", "TCP connections open now, handshaking ones included.",
+		sum(func(m *loopMetrics) *counter { return &m.open }))
+	p.one("wsd_connections_accepted_total", "counter", "TCP connections accepted.",
+		sum(func(m *loopMetrics) *counter { return &m.accepted }))
+	p.one("wsd_handshakes_total", "counter", "WebSocket upgrades completed.",
+		sum(func(m *loopMetrics) *counter { return &m.handshakes }))
+	p.family("wsd_handshake_failures_total", "counter", "Upgrade requests refused, by reason.")
 	for r := failBadRequest; r < numFailReasons; r++ {
-		metrics.WriteCounterUint64(w, `wsd_handshake_failures_total{reason="`+r.String()+`"}`,
+		p.sample("wsd_handshake_failures_total", "reason", r.String(),
 			sum(func(m *loopMetrics) *counter { return &m.handshakeFailures[r] }))
 	}
-	metrics.WriteCounterUint64(w, "wsd_connections_closed_total", sum(func(m *loopMetrics) *counter { return &m.closed }))
+	p.one("wsd_connections_closed_total", "counter", "WebSocket connections closed.",
+		sum(func(m *loopMetrics) *counter { return &m.closed }))
+	p.family("wsd_connections_closed_by_code_total", "counter",
+		"WebSocket connections closed, by the close code on the wire (1006: no close frame; other: application codes).")
 	for i := range len(closeCodes) + 1 {
 		label := "other"
 		if i < len(closeCodes) {
 			label = strconv.Itoa(int(closeCodes[i]))
 		}
-		metrics.WriteCounterUint64(w, `wsd_connections_closed_by_code_total{code="`+label+`"}`,
+		p.sample("wsd_connections_closed_by_code_total", "code", label,
 			sum(func(m *loopMetrics) *counter { return &m.closedByCode[i] }))
 	}
-	metrics.WriteCounterUint64(w, "wsd_messages_in_total", sum(func(m *loopMetrics) *counter { return &m.messagesIn }))
-	metrics.WriteCounterUint64(w, "wsd_messages_out_total", sum(func(m *loopMetrics) *counter { return &m.messagesOut }))
-	metrics.WriteCounterUint64(w, "wsd_bytes_in_total", sum(func(m *loopMetrics) *counter { return &m.bytesIn }))
-	metrics.WriteCounterUint64(w, "wsd_bytes_out_total", sum(func(m *loopMetrics) *counter { return &m.bytesOut }))
-	metrics.WriteCounterUint64(w, "wsd_pings_sent_total", sum(func(m *loopMetrics) *counter { return &m.pings }))
-	metrics.WriteCounterUint64(w, "wsd_heartbeat_timeouts_total", sum(func(m *loopMetrics) *counter { return &m.heartbeatTimeouts }))
-	metrics.WriteGaugeUint64(w, "wsd_event_loops", uint64(len(ls)))
-	var slots uint64
+	p.family("wsd_connections_closed_by_reason_total", "counter", "WebSocket connections closed, by why.")
+	for r := ReasonPeer; r < numCloseReasons; r++ {
+		p.sample("wsd_connections_closed_by_reason_total", "reason", r.String(),
+			sum(func(m *loopMetrics) *counter { return &m.closedByReason[r] }))
+	}
+	p.one("wsd_messages_in_total", "counter", "Data messages received.",
+		sum(func(m *loopMetrics) *counter { return &m.messagesIn }))
+	p.one("wsd_messages_out_total", "counter", "Data messages queued for sending.",
+		sum(func(m *loopMetrics) *counter { return &m.messagesOut }))
+	p.one("wsd_bytes_in_total", "counter", "Bytes received: handshakes and frames.",
+		sum(func(m *loopMetrics) *counter { return &m.bytesIn }))
+	p.one("wsd_bytes_out_total", "counter", "Bytes queued for sending: handshake responses and frames.",
+		sum(func(m *loopMetrics) *counter { return &m.bytesOut }))
+	p.one("wsd_pings_sent_total", "counter", "Heartbeat pings sent.",
+		sum(func(m *loopMetrics) *counter { return &m.pings }))
+	p.one("wsd_heartbeat_timeouts_total", "counter", "Connections dropped for unanswered pings.",
+		sum(func(m *loopMetrics) *counter { return &m.heartbeatTimeouts }))
+	p.family("wsd_slow_consumer_total", "counter",
+		"Connections found over --max-outbound-bytes: closed with 1013, or starting to have frames dropped.")
+	p.sample("wsd_slow_consumer_total", "action", "close", sum(func(m *loopMetrics) *counter { return &m.slowClose }))
+	p.sample("wsd_slow_consumer_total", "action", "drop", sum(func(m *loopMetrics) *counter { return &m.slowDrop }))
+	p.family("wsd_outbound_dropped_frames_total", "counter", "Frames not sent to a connection, by reason.")
+	p.sample("wsd_outbound_dropped_frames_total", "reason", "slow_consumer",
+		sum(func(m *loopMetrics) *counter { return &m.droppedFrames }))
+	p.one("wsd_outbound_buffered_bytes", "gauge",
+		"Bytes waiting in user space for peers to read, summed over loops (refreshed every tick).",
+		gauge(func(m *loopMetrics) *atomic.Int64 { return &m.outboundBytes }))
+	p.one("wsd_outbound_backlogged_connections", "gauge",
+		"Connections with bytes waiting in user space (refreshed every tick).",
+		gauge(func(m *loopMetrics) *atomic.Int64 { return &m.backlogged }))
+	p.one("wsd_handler_panics_total", "counter", "Handler callbacks that panicked (their connection closed with 1011).",
+		sum(func(m *loopMetrics) *counter { return &m.handlerPanics }))
+	p.one("wsd_event_loops", "gauge", "Event loops that have served a connection.", int64(len(ls)))
+	var slots int64
 	for _, l := range ls {
-		slots += uint64(l.slabCap.Load())
+		slots += l.slabCap.Load()
 	}
-	metrics.WriteGaugeUint64(w, "wsd_session_slots", slots)
+	p.one("wsd_session_slots", "gauge", "Session slots allocated (live or free).", slots)
+	var draining int64
 	if s.draining.Load() {
-		metrics.WriteGaugeUint64(w, "wsd_draining", 1)
-	} else {
-		metrics.WriteGaugeUint64(w, "wsd_draining", 0)
+		draining = 1
 	}
+	p.one("wsd_draining", "gauge", "1 while the server is shutting down.", draining)
+	_, _ = w.Write(p.buf)
 }
 
 // OpenConnections returns the number of connections open now, handshaking

@@ -26,33 +26,6 @@ import (
 	"github.com/wsdproject/wsd/session"
 )
 
-// Handler receives the events of the connections on one route. Its methods
-// run on the connection's event loop: they must return quickly and never
-// block. A Conn is valid only during the call that received it.
-type Handler interface {
-	// OnOpen runs once the WebSocket handshake has completed.
-	OnOpen(c Conn)
-	// OnMessage runs for every complete text or binary message. data is
-	// valid only until OnMessage returns.
-	OnMessage(c Conn, op frame.OpCode, data []byte)
-	// OnClose runs when a connection that was opened goes away, with the
-	// close code of the close handshake (1006 if there was none).
-	OnClose(c Conn, code frame.CloseCode)
-}
-
-// RouteOptions configure one route.
-type RouteOptions struct {
-	// Subprotocols the route accepts, in no particular order: the first one
-	// in the client's Sec-WebSocket-Protocol list that is here is chosen.
-	Subprotocols []string
-}
-
-type route struct {
-	path      string
-	handler   Handler
-	protocols []string
-}
-
 // maxLoops bounds the number of event loops (a session stores its loop in
 // a byte).
 const maxLoops = 255
@@ -77,8 +50,9 @@ type Server struct {
 
 	draining atomic.Bool
 
-	sharedDeflaterMu sync.Mutex      // guards sharedDeflater
+	sharedDeflaterMu sync.Mutex      // guards sharedDeflater and sharedZout
 	sharedDeflater   *frame.Deflater // compresses broadcasts made outside the loops
+	sharedZout       []byte
 }
 
 // New returns a server for cfg. Add routes with Handle, then Start it.
@@ -167,7 +141,8 @@ func (s *Server) Draining() bool { return s.draining.Load() }
 
 // Shutdown stops taking new connections, sends every open connection a
 // close frame with 1001 (going away), waits until they are gone or ctx
-// ends, then stops the event loops, closing whatever is left.
+// ends, then stops the event loops, closing whatever is left. Broadcasts
+// fail with ErrServerClosed from the moment it is called.
 func (s *Server) Shutdown(ctx context.Context) error {
 	if !s.running.Load() {
 		return nil
@@ -175,7 +150,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if s.draining.CompareAndSwap(false, true) {
 		for _, l := range s.loopList() {
 			_ = l.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+				l.enter()
 				l.drain()
+				l.leave()
 				return nil
 			}))
 		}
@@ -202,56 +179,6 @@ stop:
 		return err
 	case <-stopCtx.Done():
 		return errors.New("event loops did not stop in 10s")
-	}
-}
-
-// Broadcast sends one message to every open connection on the route at
-// path. The frame is encoded once (and compressed once for the
-// connections that negotiated compression) and the same bytes go to every
-// connection, each written by its own event loop. Safe from any goroutine.
-func (s *Server) Broadcast(path string, op frame.OpCode, payload []byte) error {
-	for i := range s.routes {
-		if s.routes[i].path == path {
-			s.broadcast(nil, i, op, payload)
-			return nil
-		}
-	}
-	return fmt.Errorf("engine: no route %q", path)
-}
-
-// broadcast encodes the message and hands it to every loop; from (if not
-// nil) is the calling loop, which delivers at once, in order with the
-// writes its current callback has made.
-func (s *Server) broadcast(from *loop, routeIdx int, op frame.OpCode, payload []byte) {
-	b := &broadcastMsg{route: uint8(routeIdx)}
-	b.plain = frame.AppendFrame(make([]byte, 0, frame.HeaderSize(len(payload), false)+len(payload)), op, 0, payload)
-	if s.cfg.Compression && len(payload) >= s.cfg.CompressionMinBytes {
-		// Compress with the caller's deflater if it is a loop, else with a
-		// private one (rare: broadcasts from outside the loops).
-		var z *frame.Deflater
-		if from != nil {
-			z = from.deflater
-		} else {
-			s.sharedDeflaterMu.Lock()
-			defer s.sharedDeflaterMu.Unlock()
-			if s.sharedDeflater == nil {
-				s.sharedDeflater = frame.NewDeflater(s.cfg.CompressionLevel)
-			}
-			z = s.sharedDeflater
-		}
-		if c, err := z.Deflate(nil, payload, 15); err == nil && len(c) < len(payload) {
-			b.compressed = frame.AppendFrame(make([]byte, 0, frame.HeaderSize(len(c), false)+len(c)), op, frame.Rsv1, c)
-		}
-	}
-	for _, l := range s.loopList() {
-		if l == from {
-			l.deliver(b)
-			continue
-		}
-		_ = l.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
-			l.deliver(b)
-			return nil
-		}))
 	}
 }
 
@@ -341,23 +268,29 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 	if ss == nil {
 		return gnet.Close
 	}
-	return s.loops[ss.Loop].Load().traffic(c, ss)
+	l := s.loops[ss.Loop].Load()
+	l.enter()
+	act := l.traffic(c, ss)
+	l.leave()
+	return act
 }
 
-// OnClose releases a connection's session.
+// OnClose marks a connection's session gone; its handler hears of it when
+// the loop's current callback, if any, has returned.
 func (s *Server) OnClose(c gnet.Conn, err error) gnet.Action {
 	ss, _ := c.Context().(*session.Session)
 	if ss == nil {
 		return gnet.None
 	}
 	c.SetContext(nil)
-	s.loops[ss.Loop].Load().closed(ss, err)
+	s.loops[ss.Loop].Load().connGone(c, ss, err)
 	return gnet.None
 }
 
 // OnTick advances every loop's timing wheel, on the loop itself.
 func (s *Server) OnTick() (time.Duration, gnet.Action) {
-	for _, l := range s.loopList() {
+	for i := range int(s.nloops.Load()) {
+		l := s.loops[i].Load()
 		_ = l.el.Execute(context.Background(), l.tickTask)
 	}
 	return s.cfg.Tick, gnet.None

@@ -55,7 +55,7 @@ var writers = sync.Pool{New: func() any { return new(jwriter.Writer) }}
 func (Handler) OnOpen(engine.Conn) {}
 
 // OnClose does nothing: the protocol keeps no per-connection state.
-func (Handler) OnClose(engine.Conn, frame.CloseCode) {}
+func (Handler) OnClose(engine.Conn, engine.CloseInfo) {}
 
 // OnMessage decodes one client message and acts on it.
 func (Handler) OnMessage(c engine.Conn, op frame.OpCode, data []byte) {

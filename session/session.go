@@ -27,6 +27,10 @@ const (
 	// Closing: a close frame was sent; waiting for the peer's close frame,
 	// or for pending bytes to drain, before closing TCP.
 	Closing
+	// Gone: the TCP connection is closed; the slot is kept until the
+	// engine has told the handler (it does that only once the callback
+	// that was running when the connection went away has returned).
+	Gone
 )
 
 func (s State) String() string {
@@ -39,6 +43,8 @@ func (s State) String() string {
 		return "open"
 	case Closing:
 		return "closing"
+	case Gone:
+		return "gone"
 	}
 	return "unknown"
 }
@@ -46,7 +52,7 @@ func (s State) String() string {
 // Flag bits of Session.Flags.
 const (
 	// FlagDeflate: permessage-deflate was negotiated.
-	FlagDeflate uint8 = 1 << iota
+	FlagDeflate uint16 = 1 << iota
 	// FlagCloseReceived: the peer's close frame has arrived.
 	FlagCloseReceived
 	// FlagCloseSent: our close frame has been written (or, while
@@ -58,6 +64,16 @@ const (
 	// FlagShutdown: our side of the TCP connection is shut down; waiting
 	// for the peer's FIN.
 	FlagShutdown
+	// FlagNoLinger: close TCP as soon as our bytes are out, without
+	// waiting for the peer's close frame or FIN (a slow consumer).
+	FlagNoLinger
+	// FlagBacklog: the session is on its loop's list of connections with
+	// outbound bytes waiting in user space.
+	FlagBacklog
+	// FlagDropping: frames for the session are being dropped because it is
+	// over its outbound high-water mark (set at the first drop, cleared
+	// when a frame is accepted again).
+	FlagDropping
 )
 
 // Session is one connection. It is kept small (every idle connection pays
@@ -80,11 +96,24 @@ type Session struct {
 	// closed whatever happens.
 	Deadline uint32
 	// Self is the session's own slab index.
-	Self      int32
-	State     State
-	Loop      uint8 // index of the owning event loop
-	Missed    uint8 // pings sent without any inbound traffic since
-	Flags     uint8
+	Self int32
+	// Sent counts the bytes handed to the connection for writing (modulo
+	// 2^32); with the bytes still buffered it tells how far the peer has
+	// read.
+	Sent uint32
+	// PingMark is Sent just after the last heartbeat ping was written: the
+	// ping has left the server once Sent-PingMark >= the bytes buffered.
+	PingMark uint32
+	// Member is the session's position in its loop's list of open
+	// connections of its route, -1 when on none.
+	Member int32
+	State  State
+	Loop   uint8 // index of the owning event loop
+	Missed uint8 // heartbeat pings sent and not yet answered
+	// Reason is why the connection is closing (the engine's close reason
+	// enum; 0 until decided).
+	Reason    uint8
+	Flags     uint16
 	Endpoint  uint8 // index of the route the handshake matched
 	Proto     uint8 // negotiated subprotocol: index+1 into the route's list, 0 for none
 	Window    uint8 // server_max_window_bits for permessage-deflate (8-15)
@@ -92,7 +121,11 @@ type Session struct {
 }
 
 // Has reports whether every bit of f is set.
-func (s *Session) Has(f uint8) bool { return s.Flags&f == f }
+func (s *Session) Has(f uint16) bool { return s.Flags&f == f }
+
+// Gen returns the slot's generation: a Handle made now resolves to this
+// session until it is freed.
+func (s *Session) Gen() uint32 { return s.gen }
 
 // Handle refers to a session across callbacks. A handle whose session was
 // freed (and perhaps reused for a new connection) no longer resolves.

@@ -154,8 +154,9 @@ func TestWheelRescheduleAndCancel(t *testing.T) {
 	}
 }
 
-// TestWheelCostPerTick checks that advancing touches only due sessions and
-// those sharing their bucket, not every session.
+// TestWheelCostPerTick checks that advancing by a tick examines only the
+// sessions in that tick's bucket (those due, and those waiting there for a
+// later revolution), never the rest.
 func TestWheelCostPerTick(t *testing.T) {
 	s := NewSlab()
 	w := NewWheel(s, 64, 0)
@@ -163,10 +164,44 @@ func TestWheelCostPerTick(t *testing.T) {
 		s.Alloc()
 		w.Schedule(i, 1+uint32(i)%60)
 	}
-	n := 0
-	w.Advance(1, func(idx int32) { n++ })
-	if n != 10000/60+1 {
-		t.Fatalf("tick 1 fired %d sessions", n)
+	// 100 more in tick 1's bucket, but 1 to 3 revolutions later.
+	for i := range int32(100) {
+		_, ss := s.Alloc()
+		w.Schedule(ss.Self, 1+64*(1+uint32(i)%3))
+	}
+	fired := 0
+	w.Advance(1, func(idx int32) { fired++ })
+	due := 10000/60 + 1
+	if fired != due {
+		t.Fatalf("tick 1 fired %d sessions, want %d", fired, due)
+	}
+	if v := w.Visits(); v != uint64(due+100) {
+		t.Fatalf("tick 1 examined %d sessions, want %d (the due ones and the 100 sharing their bucket)", v, due+100)
+	}
+	// Ticks with empty buckets cost nothing.
+	for i := range int32(10100) {
+		w.Cancel(i)
+	}
+	before := w.Visits()
+	w.Advance(1000, func(int32) { t.Fatal("fired a cancelled timer") })
+	if w.Visits() != before {
+		t.Fatalf("advancing over empty buckets examined %d sessions", w.Visits()-before)
+	}
+}
+
+// TestWheelSlotsBounded: the bucket array stays small whatever timeout it
+// is sized for.
+func TestWheelSlotsBounded(t *testing.T) {
+	w := NewWheel(NewSlab(), 100_000_000, 0)
+	if w.Slots() > MaxSlots {
+		t.Fatalf("%d buckets, want at most %d", w.Slots(), MaxSlots)
+	}
+	s := w.slab
+	s.Alloc()
+	w.Schedule(0, 3*MaxSlots+7) // several revolutions ahead still fires on time
+	got := firings(w, 4*MaxSlots, nil)
+	if len(got) != 1 || got[0] != fmt.Sprintf("%d:0", 3*MaxSlots+7) {
+		t.Fatalf("fired %v", got)
 	}
 }
 
@@ -183,8 +218,9 @@ func TestWheelTickWraparound(t *testing.T) {
 }
 
 // TestHeartbeat drives the ping/pong rules with a fake clock: an idle
-// session is pinged every interval, activity postpones pings, and the
-// session is dropped after MaxMissed unanswered pings.
+// session is pinged once it has been silent for more than an interval,
+// activity postpones pings, and the session is dropped after MaxMissed
+// unanswered pings.
 func TestHeartbeat(t *testing.T) {
 	s := NewSlab()
 	w := NewWheel(s, 64, 0)
@@ -194,47 +230,47 @@ func TestHeartbeat(t *testing.T) {
 	tm.Opened(w, idx)
 
 	var events []string
+	out := Outbound{PingFlushed: true}
 	step := func(to uint32) {
 		w.Advance(to, func(i int32) {
-			v := tm.Expire(w, i)
+			v := tm.Expire(w, i, out)
 			events = append(events, fmt.Sprintf("%d:%d", w.Now(), v))
 			if v == HeartbeatTimeout {
 				s.At(i).State = Closing
 			}
 		})
 	}
-	// Traffic at 10 and 25: the timer fires at 30, finds activity, and
-	// moves to 25+30.
+	// Traffic at 10 and 25: the timer fires at 31, finds activity, and
+	// moves to 25+31.
 	step(10)
 	Touch(s.At(idx), 10)
 	step(25)
 	Touch(s.At(idx), 25)
-	step(54)
-	if !slices.Equal(events, []string{"30:0"}) {
+	step(55)
+	if !slices.Equal(events, []string{"31:0"}) {
 		t.Fatalf("events %v", events)
 	}
-	// Idle from 25: pings at 55, 85, 115; dropped at 145.
+	// Idle from 25: pings at 56, 87, 118 (more than 30 ticks apart each);
+	// dropped at 149.
 	step(200)
-	want := []string{"30:0", "55:1", "85:1", "115:1", "145:2"}
+	want := []string{"31:0", "56:1", "87:1", "118:1", "149:2"}
 	if !slices.Equal(events, want) {
 		t.Fatalf("events %v, want %v", events, want)
 	}
 
 	// A pong after the second ping forgives the misses.
 	events = nil
-	_, ss := s.Alloc()
-	ss2 := int32(1)
-	_ = ss
+	h2, _ := s.Alloc()
 	base := w.Now()
-	tm.Opened(w, ss2)
-	step(base + 60) // pings at +30 and +60
-	Touch(s.At(ss2), base+61)
+	tm.Opened(w, h2.Index)
+	step(base + 62) // pings at +31 and +62
+	Touch(s.At(h2.Index), base+63)
 	step(base + 200)
 	want = []string{
-		fmt.Sprintf("%d:1", base+30), fmt.Sprintf("%d:1", base+60),
-		fmt.Sprintf("%d:0", base+90), // activity at +61 postpones to +91
-		fmt.Sprintf("%d:1", base+91), fmt.Sprintf("%d:1", base+121), fmt.Sprintf("%d:1", base+151),
-		fmt.Sprintf("%d:2", base+181),
+		fmt.Sprintf("%d:1", base+31), fmt.Sprintf("%d:1", base+62),
+		fmt.Sprintf("%d:0", base+93), // the pong at +63 answers; idle since then
+		fmt.Sprintf("%d:1", base+94), fmt.Sprintf("%d:1", base+125), fmt.Sprintf("%d:1", base+156),
+		fmt.Sprintf("%d:2", base+187),
 	}
 	if !slices.Equal(events, want) {
 		t.Fatalf("events %v, want %v", events, want)
@@ -247,5 +283,49 @@ func TestHeartbeat(t *testing.T) {
 	step(w.Now() + 10)
 	if len(events) != 1 || events[0] != fmt.Sprintf("%d:%d", w.Now()-5, HandshakeTimeout) {
 		t.Fatalf("events %v", events)
+	}
+}
+
+// TestHeartbeatBacklog: a peer that keeps writing but never reads is
+// probed with pings; pings that never leave the server count as missed
+// however much the peer sends, so it is dropped. One that reads (its pings
+// leave) and answers stays.
+func TestHeartbeatBacklog(t *testing.T) {
+	s := NewSlab()
+	w := NewWheel(s, 64, 0)
+	tm := Timeouts{Ping: 10, MaxMissed: 2}
+	for _, tc := range []struct {
+		name    string
+		flushed bool
+		want    Verdict
+	}{
+		{"not reading", false, HeartbeatTimeout},
+		{"reading", true, SendPing},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h, ss := s.Alloc()
+			tm.Opened(w, h.Index)
+			var verdicts []Verdict
+			for range 60 {
+				Touch(ss, w.Now()) // traffic every tick
+				w.Advance(w.Now()+1, func(i int32) {
+					v := tm.Expire(w, i, Outbound{Backlog: true, PingFlushed: tc.flushed})
+					verdicts = append(verdicts, v)
+					if v == HeartbeatTimeout {
+						w.Cancel(i)
+					}
+				})
+			}
+			last := verdicts[len(verdicts)-1]
+			if last != tc.want {
+				t.Fatalf("verdicts %v, last %v want %v", verdicts, last, tc.want)
+			}
+			if tc.want == HeartbeatTimeout && len(verdicts) != 3 {
+				// MaxMissed (2) pings that never left, then out
+				t.Fatalf("verdicts %v: want 2 pings then the timeout", verdicts)
+			}
+			w.Cancel(h.Index)
+			s.Free(h.Index)
+		})
 	}
 }

@@ -41,7 +41,7 @@ func (s *Slab) Alloc() (Handle, *Session) {
 	}
 	ss := s.At(idx)
 	gen := ss.gen
-	*ss = Session{gen: gen, next: -1, prev: -1, list: -1, Self: idx, State: Handshaking}
+	*ss = Session{gen: gen, next: -1, prev: -1, list: -1, Self: idx, State: Handshaking, Member: -1}
 	s.live++
 	return Handle{Index: idx, Gen: gen}, ss
 }

@@ -13,8 +13,9 @@ type Verdict uint8
 const (
 	// Rescheduled: the session was active; its timer is set again.
 	Rescheduled Verdict = iota
-	// SendPing: the session was idle for a ping interval; a ping is due and
-	// the timer is set again to wait for an answer.
+	// SendPing: a ping is due (the session was idle for a ping interval,
+	// or has output the peer is not reading, or its last ping is still
+	// unanswered); the timer is set again to wait for an answer.
 	SendPing
 	// HeartbeatTimeout: MaxMissed pings went unanswered: drop the connection.
 	HeartbeatTimeout
@@ -25,12 +26,19 @@ const (
 	CloseDue
 )
 
-// Touch records inbound activity at tick now: it postpones the next ping
-// and forgives missed ones. It only stamps the session; the timer moves
-// lazily when it fires.
+// Outbound is what the owner tells Expire about a connection's outbound
+// side: whether bytes are waiting in user space for the peer to read, and
+// whether the last heartbeat ping has left the server.
+type Outbound struct {
+	Backlog     bool
+	PingFlushed bool
+}
+
+// Touch records inbound activity at tick now. It only stamps the session;
+// the timer moves lazily when it fires, which decides whether the activity
+// answers an outstanding ping.
 func Touch(s *Session, now uint32) {
 	s.LastSeen = now
-	s.Missed = 0
 }
 
 // Opened starts the heartbeat of a session whose handshake just completed.
@@ -39,27 +47,46 @@ func (t *Timeouts) Opened(w *Wheel, idx int32) {
 	s.State = Open
 	s.LastSeen = w.now
 	s.Missed = 0
-	w.Schedule(idx, w.now+t.Ping)
+	w.Schedule(idx, w.now+t.Ping+1)
 }
 
 // Expire decides what the fired timer of session idx means at the wheel's
 // current tick, rescheduling it when the session lives on.
-func (t *Timeouts) Expire(w *Wheel, idx int32) Verdict {
+//
+// Heartbeat rules for an open session: a ping goes out when the peer has
+// been silent for more than a ping interval, or when bytes wait for it to
+// read (a peer that writes but never reads is alive only on paper). A ping
+// counts as answered only if it has left the server (a ping stuck behind
+// unread bytes cannot be seen, so the peer's own traffic proves nothing)
+// and the peer has sent anything since it went out. MaxMissed unanswered
+// pings in a row drop the connection. Intervals are measured in whole ticks
+// plus one, so a ping or a timeout never comes early.
+func (t *Timeouts) Expire(w *Wheel, idx int32, out Outbound) Verdict {
 	s := w.slab.At(idx)
 	switch s.State {
 	case Handshaking:
 		return HandshakeTimeout
 	case Open:
 		now := w.now
-		if idle := now - s.LastSeen; idle < t.Ping {
-			w.Schedule(idx, s.LastSeen+t.Ping)
+		if s.Missed > 0 {
+			// The last ping went out when this timer was set, Ping+1 ticks ago.
+			sent := now - t.Ping - 1
+			if !out.PingFlushed || int32(s.LastSeen-sent) < 0 {
+				if s.Missed >= t.MaxMissed {
+					return HeartbeatTimeout
+				}
+				s.Missed++
+				w.Schedule(idx, now+t.Ping+1)
+				return SendPing
+			}
+			s.Missed = 0
+		}
+		if !out.Backlog && now-s.LastSeen <= t.Ping {
+			w.Schedule(idx, s.LastSeen+t.Ping+1)
 			return Rescheduled
 		}
-		if s.Missed >= t.MaxMissed {
-			return HeartbeatTimeout
-		}
-		s.Missed++
-		w.Schedule(idx, now+t.Ping)
+		s.Missed = 1
+		w.Schedule(idx, now+t.Ping+1)
 		return SendPing
 	default:
 		return CloseDue

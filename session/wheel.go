@@ -12,17 +12,23 @@ package session
 // advances (the engine counts real time; tests count by hand). Owned by the
 // same event loop as its Slab.
 type Wheel struct {
-	slab  *Slab
-	heads []int32 // bucket lists; the extra last one holds the tick being fired
-	mask  uint32
-	now   uint32
+	slab   *Slab
+	heads  []int32 // bucket lists; the extra last one holds the tick being fired
+	mask   uint32
+	now    uint32
+	visits uint64 // sessions examined by Advance: the wheel's whole cost
 }
+
+// MaxSlots bounds the buckets of a wheel whatever the timeouts: a timer
+// further ahead than one revolution waits in its bucket for its round.
+const MaxSlots = 1 << 12
 
 // NewWheel returns a wheel over slab with at least slots buckets (rounded
 // up to a power of two), starting at tick now. Size it to the longest
 // common timeout in ticks so that timers rarely wait more than one
 // revolution.
 func NewWheel(slab *Slab, slots int, now uint32) *Wheel {
+	slots = min(slots, MaxSlots)
 	n := 1
 	for n < slots {
 		n <<= 1
@@ -36,6 +42,13 @@ func NewWheel(slab *Slab, slots int, now uint32) *Wheel {
 
 // Now returns the current tick.
 func (w *Wheel) Now() uint32 { return w.now }
+
+// Slots returns the number of buckets.
+func (w *Wheel) Slots() int { return len(w.heads) - 1 }
+
+// Visits returns how many sessions Advance has examined so far: those it
+// fired and those it found in a due bucket but waiting for a later round.
+func (w *Wheel) Visits() uint64 { return w.visits }
 
 // firing is the index of the list that holds the bucket being fired.
 func (w *Wheel) firing() int32 { return int32(len(w.heads) - 1) }
@@ -91,6 +104,7 @@ func (w *Wheel) Advance(to uint32, fire func(idx int32)) {
 			idx := w.heads[f]
 			s := w.slab.At(idx)
 			w.unlink(idx, s)
+			w.visits++
 			if int32(s.due-w.now) > 0 {
 				w.link(idx, s, b) // a later revolution
 				continue
