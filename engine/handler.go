@@ -136,4 +136,3 @@ func (l *loop) recoverHandler(ss *session.Session, callback string) {
 		l.sendClose(ss, frame.CloseInternalError, "internal error")
 	}
 }
-
