@@ -162,7 +162,8 @@ func TestProtocolViolations(t *testing.T) {
 
 // TestCloseHandshake covers both directions of the close handshake.
 func TestCloseHandshake(t *testing.T) {
-	s := startServer(t, engine.Config{}, map[string]engine.Handler{"/closer": closer{}})
+	cl := closer{writeErr: make(chan error, 1)}
+	s := startServer(t, engine.Config{}, map[string]engine.Handler{"/closer": cl})
 	addr := s.Addr().String()
 
 	// Client-initiated: the server echoes the code and closes TCP.
@@ -190,19 +191,25 @@ func TestCloseHandshake(t *testing.T) {
 	if code, reason, _ := frame.ParseClose(p); code != 4321 || string(reason) != "as asked" {
 		t.Fatalf("close %d %q", code, reason)
 	}
+	if err := <-cl.writeErr; err != engine.ErrClosing {
+		t.Fatalf("write after Close: %v, want ErrClosing", err)
+	}
 	c.Send(frame.OpText, []byte("ignored after close")) // data after a close is dropped
 	c.Send(frame.OpClose, p)
 	c.ExpectEOF(t)
 }
 
-// closer closes every connection that sends a message.
-type closer struct{ engine.Echo }
+// closer closes every connection that sends a message, and reports what
+// a write after Close returned (handlers must not assert by panicking: the
+// engine would close the connection with 1011, hiding the failure).
+type closer struct {
+	engine.Echo
+	writeErr chan error
+}
 
-func (closer) OnMessage(c engine.Conn, op frame.OpCode, data []byte) {
+func (h closer) OnMessage(c engine.Conn, op frame.OpCode, data []byte) {
 	c.Close(4321, "as asked")
-	if err := c.WriteText([]byte("too late")); err != engine.ErrClosing {
-		panic("write after Close did not fail")
-	}
+	h.writeErr <- c.WriteText([]byte("too late"))
 }
 
 // TestHandshakeStatuses checks the HTTP answers to bad upgrade requests.
@@ -224,7 +231,7 @@ func TestHandshakeStatuses(t *testing.T) {
 		{"bad key", strings.Replace(up("/echo"), "dGhlIHNhbXBsZSBub25jZQ==", "short", 1), 400, [2]string{}},
 		{"missing upgrade", strings.Replace(up("/echo"), "Upgrade: websocket\r\n", "", 1), 400, [2]string{}},
 		{"missing host", strings.Replace(up("/echo"), "Host: test\r\n", "", 1), 400, [2]string{}},
-		{"POST", strings.Replace(up("/echo"), "GET", "POST", 1), 405, [2]string{}},
+		{"POST", strings.Replace(up("/echo"), "GET", "POST", 1), 405, [2]string{"Allow", "GET"}},
 		{"HTTP/1.0", strings.Replace(up("/echo"), "HTTP/1.1", "HTTP/1.0", 1), 505, [2]string{}},
 		{"garbage request line", "GET\r\n\r\n", 400, [2]string{}},
 		{"not HTTP", "\x16\x03\x01\x02\x00\r\n\r\n", 400, [2]string{}},
@@ -241,6 +248,16 @@ func TestHandshakeStatuses(t *testing.T) {
 			if tc.header[0] != "" {
 				if got := r.Header.Get(tc.header[0]); got != tc.header[1] {
 					t.Fatalf("%s: %q, want %q", tc.header[0], got, tc.header[1])
+				}
+			}
+			if tc.status != 101 {
+				// wsd closes after every refusal, and says so.
+				if !r.Close {
+					t.Fatalf("no Connection: close on a %d", tc.status)
+				}
+				r.Conn.SetReadDeadline(time.Now().Add(wstest.Timeout))
+				if n, err := r.R.Read(make([]byte, 1)); err == nil {
+					t.Fatalf("%d bytes after the %d response, want the connection closed", n, tc.status)
 				}
 			}
 		})
@@ -268,11 +285,16 @@ func TestHandshakeTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
+	start := time.Now()
 	io.WriteString(conn, "GET /echo HTTP/1.1\r\nHost: x\r\n") // and nothing more
 	conn.SetReadDeadline(time.Now().Add(wstest.Timeout))
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil || resp.StatusCode != http.StatusRequestTimeout {
 		t.Fatalf("got %v, %v; want 408", resp, err)
+	}
+	// A timeout may come late (a loaded machine), never early.
+	if elapsed := time.Since(start); elapsed < 200*time.Millisecond {
+		t.Fatalf("408 after %v, before the 200ms timeout", elapsed)
 	}
 }
 

@@ -80,6 +80,10 @@ func (l *loop) overMark(ss *session.Session, class writeClass, queued int) error
 	// the close deadline): the peer's answer is not awaited.
 	ss.Flags |= session.FlagNoLinger | session.FlagDiscard
 	l.sendClose(ss, frame.CloseTryAgainLater, "slow consumer")
+	if ss.State == session.Closing {
+		// Look every tick for the moment the close frame is out.
+		l.wheel.Schedule(ss.Self, l.wheel.Now()+1)
+	}
 	return ErrSlowConsumer
 }
 

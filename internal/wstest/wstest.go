@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -42,6 +43,10 @@ type Options struct {
 	Deflate   bool        // offer permessage-deflate
 	Header    http.Header // extra request headers
 	LocalAddr string      // source IP to dial from
+	// RecvBuffer, if set, fixes the socket's receive buffer (SO_RCVBUF,
+	// before connecting, so the kernel does not grow it): a client that
+	// stops reading then stops the server's writes after that many bytes.
+	RecvBuffer int
 }
 
 // Dial connects to ws://addr+path and completes the handshake.
@@ -65,9 +70,21 @@ func DialErr(addr, path string, o Options) (*Client, error) {
 		offer := wsflate.Parameters{ServerNoContextTakeover: true, ClientNoContextTakeover: true}
 		d.Extensions = append(d.Extensions, offer.Option())
 	}
-	if o.LocalAddr != "" {
+	if o.LocalAddr != "" || o.RecvBuffer > 0 {
 		d.NetDial = func(ctx context.Context, network, a string) (net.Conn, error) {
-			nd := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(o.LocalAddr)}, Timeout: Timeout}
+			nd := net.Dialer{Timeout: Timeout}
+			if o.LocalAddr != "" {
+				nd.LocalAddr = &net.TCPAddr{IP: net.ParseIP(o.LocalAddr)}
+			}
+			if o.RecvBuffer > 0 {
+				nd.Control = func(_, _ string, rc syscall.RawConn) error {
+					var serr error
+					err := rc.Control(func(fd uintptr) {
+						serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, o.RecvBuffer)
+					})
+					return errors.Join(err, serr)
+				}
+			}
 			return nd.DialContext(ctx, network, a)
 		}
 	}
@@ -239,6 +256,7 @@ func isReset(err error) bool {
 // HTTPResponse is the head of a raw HTTP exchange.
 type HTTPResponse struct {
 	Status int
+	Close  bool // the response said Connection: close (net/http takes it out of Header)
 	Header http.Header
 	Body   string
 	Conn   net.Conn
@@ -267,7 +285,7 @@ func RawRequest(t testing.TB, addr, request string) *HTTPResponse {
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		body, _ = io.ReadAll(resp.Body)
 	}
-	return &HTTPResponse{Status: resp.StatusCode, Header: resp.Header, Body: string(body), Conn: conn, R: br}
+	return &HTTPResponse{Status: resp.StatusCode, Close: resp.Close, Header: resp.Header, Body: string(body), Conn: conn, R: br}
 }
 
 func firstLine(s string) string {
