@@ -266,11 +266,15 @@ func TestBinarySignals(t *testing.T) {
 			if fe, ok := err.(*frame.Error); !ok || fe.Code != frame.CloseGoingAway {
 				t.Fatalf("want close 1001, got %v", err)
 			}
-			if resp, err := http.Get("http://" + admin + "/readyz"); err == nil {
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusServiceUnavailable {
-					t.Errorf("/readyz while draining: %d", resp.StatusCode)
-				}
+			// The admin server stays up until the drain ends, which this
+			// client holds open: /readyz must answer, and answer 503.
+			resp, err := http.Get("http://" + admin + "/readyz")
+			if err != nil {
+				t.Fatalf("/readyz while draining: %v", err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusServiceUnavailable {
+				t.Fatalf("/readyz while draining: %d, want 503", resp.StatusCode)
 			}
 			c.Send(frame.OpClose, []byte{0x03, 0xe9})
 			if err := cmd.Wait(); err != nil {
