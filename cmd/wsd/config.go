@@ -46,22 +46,50 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.StringVar(&e.Addr, "listen", d.Addr, "WebSocket listen address (host:port)")
 	fs.StringVar(&c.admin, "admin", "127.0.0.1:9090", "admin HTTP address for /metrics, /healthz and /readyz (empty: off)")
 	fs.IntVar(&e.Loops, "loops", 0, "event loops (0: one per CPU)")
-	fs.DurationVar(&e.PingInterval, "ping-interval", d.PingInterval, "ping a connection after this long without traffic")
+	durationVar(fs, &e.PingInterval, "ping-interval", d.PingInterval, "ping a connection after this long without traffic")
 	fs.IntVar(&e.MaxMissedPongs, "max-missed-pongs", d.MaxMissedPongs, "drop a connection after this many unanswered pings")
 	fs.Int64Var(&e.MaxMessageBytes, "max-message-bytes", d.MaxMessageBytes, "largest message accepted, also after decompression (larger: close 1009)")
-	fs.DurationVar(&e.HandshakeTimeout, "handshake-timeout", d.HandshakeTimeout, "time allowed from TCP accept to a complete upgrade request")
+	durationVar(fs, &e.HandshakeTimeout, "handshake-timeout", d.HandshakeTimeout, "time allowed from TCP accept to a complete upgrade request")
 	fs.IntVar(&e.MaxHandshakeBytes, "max-handshake-bytes", d.MaxHandshakeBytes, "largest upgrade request head (larger: HTTP 431)")
-	fs.DurationVar(&e.CloseTimeout, "close-timeout", d.CloseTimeout, "time allowed for the close handshake before TCP is closed")
+	durationVar(fs, &e.CloseTimeout, "close-timeout", d.CloseTimeout, "time allowed for the close handshake before TCP is closed")
 	fs.BoolVar(&e.Compression, "compression", false, "offer permessage-deflate (RFC 7692) to clients")
 	fs.IntVar(&e.CompressionLevel, "compression-level", d.CompressionLevel, "flate level for permessage-deflate, 1 (fastest) to 9")
 	fs.IntVar(&e.CompressionMinBytes, "compression-min-bytes", d.CompressionMinBytes, "send messages shorter than this uncompressed")
 	fs.StringVar(&c.echoPath, "echo-path", "", "serve an echo endpoint at this path, e.g. /echo (off when empty)")
 	fs.StringVar(&c.subprotocols, "subprotocols", protocol.Subprotocol, "comma-separated subprotocols /ws accepts (clients may also ask for none)")
-	fs.DurationVar(&c.drainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM/SIGINT, how long to wait for clients to finish the close handshake")
+	durationVar(fs, &c.drainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM/SIGINT, how long to wait for clients to finish the close handshake")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.configFile, "config", "", "TOML file with settings (keys are flag names)")
 	return fs
+}
+
+// durationValue is flag's own duration flag but for the message when the
+// value does not parse: flag says only "parse error", which does not tell
+// an operator who wrote "30" or "1 minute" what to write instead. The
+// message is the same from a flag, a WSD_* variable or the TOML file,
+// which all set the value through Set.
+type durationValue time.Duration
+
+const durationHint = "parse error (a duration such as 500ms, 20s or 1m)"
+
+func (d *durationValue) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return errors.New(durationHint)
+	}
+	*d = durationValue(v)
+	return nil
+}
+
+func (d *durationValue) String() string { return time.Duration(*d).String() }
+
+// Get makes it a flag.Getter, like flag's own values.
+func (d *durationValue) Get() any { return time.Duration(*d) }
+
+func durationVar(fs *flag.FlagSet, p *time.Duration, name string, value time.Duration, usage string) {
+	*p = value
+	fs.Var((*durationValue)(p), name, usage)
 }
 
 func envName(flagName string) string {

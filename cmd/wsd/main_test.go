@@ -74,6 +74,8 @@ func TestBadConfiguration(t *testing.T) {
 	os.WriteFile(unknownKey, []byte("listen = \"127.0.0.1:0\"\nping_interval = \"1s\"\n"), 0o644)
 	badValue := filepath.Join(dir, "bad.toml")
 	os.WriteFile(badValue, []byte("ping-interval = \"soon\"\n"), 0o644)
+	unitless := filepath.Join(dir, "unitless.toml")
+	os.WriteFile(unitless, []byte("drain-timeout = 30\n"), 0o644)
 	unreadable := filepath.Join(dir, "secret.toml")
 	os.WriteFile(unreadable, []byte("loops = 1\n"), 0o000)
 	cases := []struct {
@@ -83,12 +85,15 @@ func TestBadConfiguration(t *testing.T) {
 		want string
 	}{
 		{"unknown flag", []string{"--bogus"}, [2]string{}, "flag provided but not defined: -bogus"},
-		{"bad duration", []string{"--ping-interval", "soon"}, [2]string{}, `invalid value "soon" for flag -ping-interval`},
+		{"bad duration", []string{"--ping-interval", "soon"}, [2]string{},
+			`invalid value "soon" for flag -ping-interval: parse error (a duration such as 500ms, 20s or 1m)`},
+		{"bad env duration", nil, [2]string{"WSD_CLOSE_TIMEOUT", "5"}, "WSD_CLOSE_TIMEOUT (--close-timeout): parse error (a duration such as"},
 		{"out of range", []string{"--loops", "1000"}, [2]string{}, "loops must be 1 to 255"},
 		{"bad env", nil, [2]string{"WSD_MAX_MESSAGE_BYTES", "lots"}, "WSD_MAX_MESSAGE_BYTES"},
 		{"missing config", []string{"--config", filepath.Join(dir, "nope.toml")}, [2]string{}, "nope.toml"},
 		{"unknown config key", []string{"--config", unknownKey}, [2]string{}, `unknown key "ping_interval"`},
-		{"bad config value", []string{"--config", badValue}, [2]string{}, `"ping-interval"`},
+		{"bad config value", []string{"--config", badValue}, [2]string{}, `key "ping-interval": parse error (a duration such as`},
+		{"unitless config duration", []string{"--config", unitless}, [2]string{}, `key "drain-timeout": parse error (a duration such as`},
 		{"bad log level", []string{"--log-level", "loud"}, [2]string{}, "invalid --log-level"},
 		{"bad echo path", []string{"--echo-path", "echo"}, [2]string{}, "invalid --echo-path"},
 		{"stray argument", []string{"serve"}, [2]string{}, `unexpected argument "serve"`},
