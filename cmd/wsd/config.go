@@ -52,6 +52,9 @@ func newFlagSet(c *config) *flag.FlagSet {
 	durationVar(fs, &e.HandshakeTimeout, "handshake-timeout", d.HandshakeTimeout, "time allowed from TCP accept to a complete upgrade request")
 	fs.IntVar(&e.MaxHandshakeBytes, "max-handshake-bytes", d.MaxHandshakeBytes, "largest upgrade request head (larger: HTTP 431)")
 	durationVar(fs, &e.CloseTimeout, "close-timeout", d.CloseTimeout, "time allowed for the close handshake before TCP is closed")
+	fs.IntVar(&e.MaxOutboundBytes, "max-outbound-bytes", d.MaxOutboundBytes, "per connection, the most bytes queued for a client that reads too slowly, 1024 to 1073741824 (past it: --slow-consumer)")
+	e.SlowConsumer = d.SlowConsumer
+	fs.Var((*policyValue)(&e.SlowConsumer), "slow-consumer", "a connection past --max-outbound-bytes: close (close 1013 and drop it) or drop (skip broadcasts to it until it catches up)")
 	fs.BoolVar(&e.Compression, "compression", false, "offer permessage-deflate (RFC 7692) to clients")
 	fs.IntVar(&e.CompressionLevel, "compression-level", d.CompressionLevel, "flate level for permessage-deflate, 1 (fastest) to 9")
 	fs.IntVar(&e.CompressionMinBytes, "compression-min-bytes", d.CompressionMinBytes, "send messages shorter than this uncompressed")
@@ -91,6 +94,24 @@ func durationVar(fs *flag.FlagSet, p *time.Duration, name string, value time.Dur
 	*p = value
 	fs.Var((*durationValue)(p), name, usage)
 }
+
+// policyValue is the --slow-consumer flag. The engine parses the name, so
+// the policies the flag accepts are always the ones the engine has, and its
+// error lists them.
+type policyValue engine.SlowConsumerPolicy
+
+func (p *policyValue) Set(s string) error {
+	v, err := engine.ParseSlowConsumerPolicy(s)
+	if err != nil {
+		return err
+	}
+	*p = policyValue(v)
+	return nil
+}
+
+func (p *policyValue) String() string { return engine.SlowConsumerPolicy(*p).String() }
+
+func (p *policyValue) Get() any { return engine.SlowConsumerPolicy(*p) }
 
 func envName(flagName string) string {
 	return envPrefix + "_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))

@@ -74,6 +74,8 @@ func TestBadConfiguration(t *testing.T) {
 	os.WriteFile(unknownKey, []byte("listen = \"127.0.0.1:0\"\nping_interval = \"1s\"\n"), 0o644)
 	badValue := filepath.Join(dir, "bad.toml")
 	os.WriteFile(badValue, []byte("ping-interval = \"soon\"\n"), 0o644)
+	badPolicy := filepath.Join(dir, "policy.toml")
+	os.WriteFile(badPolicy, []byte("slow-consumer = \"block\"\n"), 0o644)
 	unitless := filepath.Join(dir, "unitless.toml")
 	os.WriteFile(unitless, []byte("drain-timeout = 30\n"), 0o644)
 	unreadable := filepath.Join(dir, "secret.toml")
@@ -94,6 +96,11 @@ func TestBadConfiguration(t *testing.T) {
 		{"unknown config key", []string{"--config", unknownKey}, [2]string{}, `unknown key "ping_interval"`},
 		{"bad config value", []string{"--config", badValue}, [2]string{}, `key "ping-interval": parse error (a duration such as`},
 		{"unitless config duration", []string{"--config", unitless}, [2]string{}, `key "drain-timeout": parse error (a duration such as`},
+		{"bad policy", []string{"--slow-consumer", "wait"}, [2]string{}, `-slow-consumer: invalid slow-consumer policy "wait": want close or drop`},
+		{"bad env policy", nil, [2]string{"WSD_SLOW_CONSUMER", "Drop"}, `WSD_SLOW_CONSUMER (--slow-consumer): invalid slow-consumer policy "Drop": want close or drop`},
+		{"bad config policy", []string{"--config", badPolicy}, [2]string{}, `key "slow-consumer": invalid slow-consumer policy "block": want close or drop`},
+		// The engine checks the range: proof the value reaches it.
+		{"outbound mark too small", []string{"--max-outbound-bytes", "1000"}, [2]string{}, "max outbound bytes must be 1 KiB to 1 GiB, got 1000"},
 		{"bad log level", []string{"--log-level", "loud"}, [2]string{}, "invalid --log-level"},
 		{"bad echo path", []string{"--echo-path", "echo"}, [2]string{}, "invalid --echo-path"},
 		{"stray argument", []string{"serve"}, [2]string{}, `unexpected argument "serve"`},
@@ -112,8 +119,8 @@ func TestBadConfiguration(t *testing.T) {
 				t.Setenv(tc.env[0], tc.env[1])
 			}
 			code, stderr := runArgs(t, tc.args...)
-			if code == 0 {
-				t.Fatalf("exit 0, want failure")
+			if code != 2 {
+				t.Fatalf("exit %d, want 2 (configuration error); stderr %q", code, stderr)
 			}
 			if lines := strings.Count(strings.TrimSpace(stderr), "\n") + 1; lines != 1 {
 				t.Fatalf("%d lines on stderr, want one:\n%s", lines, stderr)
@@ -154,20 +161,62 @@ func TestHelp(t *testing.T) {
 			t.Errorf("--help lacks %q", want)
 		}
 	}
+	// Each flag's own entry, so that a default or variable shown under
+	// another flag does not count.
+	for name, wants := range map[string][]string{
+		"max-outbound-bytes": {"(default 1048576; env WSD_MAX_OUTBOUND_BYTES)", "--slow-consumer"},
+		"slow-consumer":      {"(default close; env WSD_SLOW_CONSUMER)", "close (", "drop (", "--max-outbound-bytes"},
+	} {
+		entry := helpEntry(out.String(), name)
+		if entry == "" {
+			t.Errorf("--help has no entry for --%s", name)
+			continue
+		}
+		for _, want := range wants {
+			if !strings.Contains(entry, want) {
+				t.Errorf("--help entry for --%s lacks %q:\n%s", name, want, entry)
+			}
+		}
+	}
+}
+
+// helpEntry returns the lines --help gives the flag name: its own line and
+// the indented ones below it.
+func helpEntry(help, name string) string {
+	_, rest, ok := strings.Cut(help, "\n  --"+name+"\n")
+	if !ok {
+		return ""
+	}
+	if i := strings.Index(rest, "\n  --"); i >= 0 {
+		rest = rest[:i]
+	}
+	return rest
 }
 
 // TestPrecedence: flags beat WSD_* variables, which beat the config file.
 func TestPrecedence(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "wsd.toml")
-	os.WriteFile(file, []byte("ping-interval = \"7s\"\nmax-missed-pongs = 5\nloops = 3\nsubprotocols = [\"a\", \"b\"]\n"), 0o644)
+	os.WriteFile(file, []byte("ping-interval = \"7s\"\nmax-missed-pongs = 5\nloops = 3\nsubprotocols = [\"a\", \"b\"]\n"+
+		"slow-consumer = \"drop\"\nmax-outbound-bytes = 4096\n"), 0o644)
 	t.Setenv("WSD_MAX_MISSED_PONGS", "6")
 	t.Setenv("WSD_LOOPS", "4")
+	t.Setenv("WSD_MAX_OUTBOUND_BYTES", "8192")
 	c, err := parseConfig([]string{"--config", file, "--loops", "2"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.engine.PingInterval != 7*time.Second || c.engine.MaxMissedPongs != 6 || c.engine.Loops != 2 {
 		t.Fatalf("got ping %v, missed %d, loops %d", c.engine.PingInterval, c.engine.MaxMissedPongs, c.engine.Loops)
+	}
+	if c.engine.SlowConsumer != engine.SlowConsumerDrop || c.engine.MaxOutboundBytes != 8192 {
+		t.Fatalf("got slow consumer %v, max outbound bytes %d", c.engine.SlowConsumer, c.engine.MaxOutboundBytes)
+	}
+	c, err = parseConfig([]string{"--slow-consumer", "close", "--max-outbound-bytes", "2048", "--config", file}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.engine.SlowConsumer != engine.SlowConsumerClose || c.engine.MaxOutboundBytes != 2048 {
+		t.Fatalf("flags: got slow consumer %v, max outbound bytes %d", c.engine.SlowConsumer, c.engine.MaxOutboundBytes)
 	}
 	if p := c.protocols(); len(p) != 2 || p[0] != "a" || p[1] != "b" {
 		t.Fatalf("subprotocols %v", p)
