@@ -45,7 +45,7 @@ func newFlagSet(c *config) *flag.FlagSet {
 	e := &c.engine
 	fs.StringVar(&e.Addr, "listen", d.Addr, "WebSocket listen address (host:port)")
 	fs.StringVar(&c.admin, "admin", "127.0.0.1:9090", "admin HTTP address for /metrics, /healthz and /readyz (empty: off)")
-	fs.IntVar(&e.Loops, "loops", 0, "event loops (0: one per CPU)")
+	fs.IntVar(&e.Loops, "loops", 0, "event loops, 1 to 255; 0 means one per CPU")
 	durationVar(fs, &e.PingInterval, "ping-interval", d.PingInterval, "ping a connection after this long without traffic")
 	fs.IntVar(&e.MaxMissedPongs, "max-missed-pongs", d.MaxMissedPongs, "drop a connection after this many unanswered pings")
 	fs.Int64Var(&e.MaxMessageBytes, "max-message-bytes", d.MaxMessageBytes, "largest message accepted, also after decompression (larger: close 1009)")
@@ -159,8 +159,29 @@ func parseConfig(args []string, stdout io.Writer) (*config, error) {
 	if c.echoPath != "" && (!strings.HasPrefix(c.echoPath, "/") || c.echoPath == "/ws") {
 		return nil, fmt.Errorf("invalid --echo-path %q: want a path such as /echo, other than /ws", c.echoPath)
 	}
-	if c.drainTimeout <= 0 {
-		return nil, fmt.Errorf("invalid --drain-timeout %v: must be positive", c.drainTimeout)
+	// The engine reads a zero field as "use the default". From an operator
+	// 0 is no such request (it is more likely meant as "never" or "no
+	// limit"), and a negative value is a typo: both are refused here, so
+	// that the engine never sees them and wsd never runs with a setting
+	// other than the one it was given.
+	e := &c.engine
+	for _, s := range []struct {
+		name string
+		ok   bool
+	}{
+		{"ping-interval", e.PingInterval > 0},
+		{"max-missed-pongs", e.MaxMissedPongs > 0},
+		{"max-message-bytes", e.MaxMessageBytes > 0},
+		{"handshake-timeout", e.HandshakeTimeout > 0},
+		{"close-timeout", e.CloseTimeout > 0},
+		{"max-handshake-bytes", e.MaxHandshakeBytes > 0},
+		{"max-outbound-bytes", e.MaxOutboundBytes > 0},
+		{"drain-timeout", c.drainTimeout > 0},
+	} {
+		if !s.ok {
+			f := fs.Lookup(s.name)
+			return nil, fmt.Errorf("invalid --%s %s: must be greater than 0 (default %s)", s.name, f.Value, f.DefValue)
+		}
 	}
 	return c, nil
 }

@@ -132,6 +132,53 @@ func TestBadConfiguration(t *testing.T) {
 	}
 }
 
+// TestZeroRefused: the engine reads 0 as "the default"; wsd must refuse 0
+// and negative values instead of passing them on, from a flag, a variable
+// or the file. --loops 0 keeps its meaning, one loop per CPU.
+func TestZeroRefused(t *testing.T) {
+	for _, name := range []string{"ping-interval", "max-missed-pongs", "max-message-bytes", "handshake-timeout",
+		"close-timeout", "max-handshake-bytes", "max-outbound-bytes", "drain-timeout"} {
+		negative := "-1"
+		if strings.HasSuffix(name, "-interval") || strings.HasSuffix(name, "-timeout") {
+			negative = "-1s"
+		}
+		file := filepath.Join(t.TempDir(), "wsd.toml")
+		os.WriteFile(file, []byte(name+" = 0\n"), 0o644)
+		for _, tc := range []struct {
+			how  string
+			args []string
+			env  string
+		}{
+			{"flag 0", []string{"--" + name, "0"}, ""},
+			{"flag " + negative, []string{"--" + name + "=" + negative}, ""},
+			{"env 0", nil, "0"},
+			{"file 0", []string{"--config", file}, ""},
+		} {
+			t.Run(name+"/"+tc.how, func(t *testing.T) {
+				if tc.env != "" {
+					t.Setenv(envName(name), tc.env)
+				}
+				// Addresses of their own, in case the value is let through.
+				code, stderr := runArgs(t, append([]string{"--listen", "127.0.0.1:0", "--admin", ""}, tc.args...)...)
+				if code != 2 {
+					t.Fatalf("exit %d, want 2; stderr %q", code, stderr)
+				}
+				if strings.Count(strings.TrimSpace(stderr), "\n") != 0 || !strings.HasPrefix(stderr, "wsd: invalid --"+name+" ") ||
+					!strings.Contains(stderr, "must be greater than 0 (default ") {
+					t.Fatalf("stderr %q", stderr)
+				}
+			})
+		}
+	}
+	c, err := parseConfig([]string{"--loops", "0"}, io.Discard)
+	if err != nil {
+		t.Fatalf("--loops 0: %v", err)
+	}
+	if c.engine.Loops != 0 {
+		t.Fatalf("--loops 0 gave %d", c.engine.Loops)
+	}
+}
+
 func TestBusyPorts(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -164,6 +211,7 @@ func TestHelp(t *testing.T) {
 	// Each flag's own entry, so that a default or variable shown under
 	// another flag does not count.
 	for name, wants := range map[string][]string{
+		"loops":              {"0 means one per CPU", "(default 0; env WSD_LOOPS)"},
 		"max-outbound-bytes": {"(default 1048576; env WSD_MAX_OUTBOUND_BYTES)", "--slow-consumer"},
 		"slow-consumer":      {"(default close; env WSD_SLOW_CONSUMER)", "close (", "drop (", "--max-outbound-bytes"},
 	} {
