@@ -7,8 +7,10 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -150,6 +152,14 @@ func parseConfig(args []string, stdout io.Writer) (*config, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (all settings are flags)", fs.Arg(0))
 	}
+	if err := checkAddr(c.engine.Addr); err != nil {
+		return nil, fmt.Errorf("invalid --listen %q: %v", c.engine.Addr, err)
+	}
+	if c.admin != "" {
+		if err := checkAddr(c.admin); err != nil {
+			return nil, fmt.Errorf("invalid --admin %q: %v (or empty for no admin server)", c.admin, err)
+		}
+	}
 	if _, err := parseLevel(c.logLevel); err != nil {
 		return nil, err
 	}
@@ -184,6 +194,26 @@ func parseConfig(args []string, stdout io.Writer) (*config, error) {
 		}
 	}
 	return c, nil
+}
+
+// checkAddr checks that s is host:port with a numeric port, the host
+// possibly empty (every interface). A malformed address would otherwise
+// fail only when bound, with the exit code of a busy port (1) instead of
+// that of a configuration error (2). Whether the host resolves and the
+// port is free is for the bind to say.
+func checkAddr(s string) error {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			err = errors.New(ae.Err) // without the address, which the caller quotes
+		}
+		return fmt.Errorf("%v; want host:port, e.g. :8080 or 127.0.0.1:8080", err)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
+	}
+	return nil
 }
 
 var ffEnvError = regexp.MustCompile(`^error parsing environment variables: error setting flag "([^"]+)" from environment variable "([^"]+)": (.*)$`)

@@ -101,6 +101,16 @@ func TestBadConfiguration(t *testing.T) {
 		{"bad config policy", []string{"--config", badPolicy}, [2]string{}, `key "slow-consumer": invalid slow-consumer policy "block": want close or drop`},
 		// The engine checks the range: proof the value reaches it.
 		{"outbound mark too small", []string{"--max-outbound-bytes", "1000"}, [2]string{}, "max outbound bytes must be 1 KiB to 1 GiB, got 1000"},
+		// An address that cannot be one is a configuration error, not a
+		// failure to bind (exit 1).
+		{"listen without port", []string{"--listen", "nonsense"}, [2]string{},
+			`invalid --listen "nonsense": missing port in address; want host:port, e.g. :8080`},
+		{"listen port not a number", nil, [2]string{"WSD_LISTEN", "localhost:http"}, `invalid --listen "localhost:http": port "http" is not a number from 0 to 65535`},
+		{"listen port too big", []string{"--listen", ":65536"}, [2]string{}, `invalid --listen ":65536": port "65536"`},
+		{"listen empty", []string{"--listen", ""}, [2]string{}, `invalid --listen ""`},
+		{"admin without port", []string{"--admin", "nonsense"}, [2]string{}, `invalid --admin "nonsense": missing port in address`},
+		{"admin empty port", []string{"--admin", "127.0.0.1:"}, [2]string{}, `invalid --admin "127.0.0.1:": port ""`},
+		{"admin too many colons", []string{"--admin", "::1:9090"}, [2]string{}, `invalid --admin "::1:9090": too many colons`},
 		{"bad log level", []string{"--log-level", "loud"}, [2]string{}, "invalid --log-level"},
 		{"bad echo path", []string{"--echo-path", "echo"}, [2]string{}, "invalid --echo-path"},
 		{"stray argument", []string{"serve"}, [2]string{}, `unexpected argument "serve"`},
