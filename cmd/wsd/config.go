@@ -130,6 +130,8 @@ func usage(fs *flag.FlagSet, w io.Writer) {
 		}
 		fmt.Fprintf(w, "  --%s\n        %s\n        (default %s; env %s)\n", f.Name, f.Usage, def, envName(f.Name))
 	})
+	// Not a setting (see wantsVersion), so not in the flag set.
+	fmt.Fprintf(w, "  --version\n        print the version, commit and Go version, and exit\n")
 }
 
 // parseConfig reads flags, environment and config file into a config. On

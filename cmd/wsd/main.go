@@ -1,6 +1,7 @@
 // Command wsd is the wsd WebSocket server.
 //
 //	wsd [flags]          (wsd --help lists them with their WSD_* variables)
+//	wsd --version
 //
 // It serves the JSON protocol on /ws, an optional echo endpoint, and an
 // admin HTTP server with /metrics, /healthz and /readyz. SIGINT or SIGTERM
@@ -18,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	runtimemetrics "runtime/metrics"
 	"syscall"
 	"time"
@@ -38,6 +40,10 @@ func main() {
 // run is wsd's whole life; it returns the exit code. ready, if not nil,
 // receives the server once it listens (for tests).
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready func(*engine.Server, net.Addr)) int {
+	if wantsVersion(args) {
+		fmt.Fprintln(stdout, versionLine(debug.ReadBuildInfo()))
+		return 0
+	}
 	cfg, err := parseConfig(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0

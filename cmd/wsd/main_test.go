@@ -4,13 +4,18 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"runtime"
+	"runtime/debug"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -189,6 +194,69 @@ func TestZeroRefused(t *testing.T) {
 	}
 }
 
+var versionRE = regexp.MustCompile(`^wsd \S+ \(commit \S+, \S+( unknown)?(, modified)?\) go\S+ \S+/\S+\n$`)
+
+func TestVersion(t *testing.T) {
+	t.Setenv("WSD_VERSION", "1.2.3") // not a setting: neither asks for the version nor is refused
+	for _, args := range [][]string{{"--version"}, {"-version"}, {"--listen", "127.0.0.1:0", "--version"}, {"--version=true"}} {
+		var out, errOut bytes.Buffer
+		if code := run(context.Background(), args, &out, &errOut, nil); code != 0 {
+			t.Fatalf("%v: exit %d, stderr %q", args, code, errOut.String())
+		}
+		if !versionRE.MatchString(out.String()) || !strings.Contains(out.String(), runtime.GOOS+"/"+runtime.GOARCH) || errOut.Len() != 0 {
+			t.Fatalf("%v: stdout %q, stderr %q", args, out.String(), errOut.String())
+		}
+	}
+	// By the flag package's rules, here --version is the echo path's value.
+	if wantsVersion([]string{"--echo-path", "--version"}) {
+		t.Fatal("--echo-path --version asks for the version")
+	}
+	if _, err := parseConfig(nil, io.Discard); err != nil {
+		t.Fatalf("with WSD_VERSION set: %v", err)
+	}
+
+	if testing.Short() {
+		return
+	}
+	out, err := exec.Command(buildBinary(t), "--version").Output()
+	if err != nil || !versionRE.Match(out) {
+		t.Fatalf("wsd --version: %q, %v", out, err)
+	}
+}
+
+func TestVersionLine(t *testing.T) {
+	platform := " " + runtime.GOOS + "/" + runtime.GOARCH
+	stamped := &debug.BuildInfo{
+		GoVersion: "go1.26.8",
+		Main:      debug.Module{Path: "github.com/wsdproject/wsd", Version: "v0.0.0-20261127100000-abc1234def56+dirty"},
+		Settings: []debug.BuildSetting{
+			{Key: "-buildmode", Value: "exe"},
+			{Key: "vcs", Value: "git"},
+			{Key: "vcs.revision", Value: "abc1234def5678901234567890abcdef12345678"},
+			{Key: "vcs.time", Value: "2026-11-27T10:00:00Z"},
+			{Key: "vcs.modified", Value: "true"},
+		},
+	}
+	clean := *stamped
+	clean.Settings = append([]debug.BuildSetting(nil), stamped.Settings...)
+	clean.Settings[4].Value = "false"
+	bare := &debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Path: "github.com/wsdproject/wsd", Version: "(devel)"}}
+	for _, tc := range []struct {
+		bi   *debug.BuildInfo
+		ok   bool
+		want string
+	}{
+		{stamped, true, "wsd v0.0.0-20261127100000-abc1234def56+dirty (commit abc1234, 2026-11-27T10:00:00Z, modified) go1.26.8" + platform},
+		{&clean, true, "wsd v0.0.0-20261127100000-abc1234def56+dirty (commit abc1234, 2026-11-27T10:00:00Z) go1.26.8" + platform},
+		{bare, true, "wsd (devel) (commit unknown, time unknown) go1.26.8" + platform},
+		{nil, false, "wsd unknown (commit unknown, time unknown) " + runtime.Version() + platform},
+	} {
+		if got := versionLine(tc.bi, tc.ok); got != tc.want {
+			t.Errorf("got  %q\nwant %q", got, tc.want)
+		}
+	}
+}
+
 func TestBusyPorts(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -218,12 +286,16 @@ func TestHelp(t *testing.T) {
 			t.Errorf("--help lacks %q", want)
 		}
 	}
+	if strings.Contains(out.String(), "WSD_VERSION") {
+		t.Error("--help offers WSD_VERSION; --version is not a setting")
+	}
 	// Each flag's own entry, so that a default or variable shown under
 	// another flag does not count.
 	for name, wants := range map[string][]string{
 		"loops":              {"0 means one per CPU", "(default 0; env WSD_LOOPS)"},
 		"max-outbound-bytes": {"(default 1048576; env WSD_MAX_OUTBOUND_BYTES)", "--slow-consumer"},
 		"slow-consumer":      {"(default close; env WSD_SLOW_CONSUMER)", "close (", "drop (", "--max-outbound-bytes"},
+		"version":            {"print the version"},
 	} {
 		entry := helpEntry(out.String(), name)
 		if entry == "" {
@@ -340,10 +412,7 @@ func TestBinarySignals(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	bin := filepath.Join(t.TempDir(), "wsd")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t)
 	start := func(t *testing.T) (*exec.Cmd, string, string) {
 		cmd := exec.Command(bin, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "json",
 			"--drain-timeout", "30s", "--close-timeout", "30s")
@@ -421,6 +490,41 @@ func TestBinarySignals(t *testing.T) {
 			t.Fatal("still draining 10 s after the second signal")
 		}
 	})
+}
+
+var built struct {
+	once sync.Once
+	dir  string
+	bin  string
+	err  error
+}
+
+// buildBinary builds wsd once for the tests that run the real binary.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	built.once.Do(func() {
+		var err error
+		if built.dir, err = os.MkdirTemp("", "wsd-test-"); err != nil {
+			built.err = err
+			return
+		}
+		built.bin = filepath.Join(built.dir, "wsd")
+		if out, err := exec.Command("go", "build", "-o", built.bin, ".").CombinedOutput(); err != nil {
+			built.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if built.err != nil {
+		t.Fatal(built.err)
+	}
+	return built.bin
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if built.dir != "" {
+		os.RemoveAll(built.dir)
+	}
+	os.Exit(code)
 }
 
 func jsonField(line, key string) string {
