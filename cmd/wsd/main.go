@@ -53,12 +53,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 		return 2
 	}
 	level, _ := parseLevel(cfg.logLevel)
-	opts := &slog.HandlerOptions{Level: level}
-	var h slog.Handler = slog.NewTextHandler(stderr, opts)
-	if cfg.logFormat == "json" {
-		h = slog.NewJSONHandler(stderr, opts)
-	}
-	log := slog.New(h)
+	log := newLogger(stderr, cfg.logFormat, level)
 	cfg.engine.Logger = log
 
 	srv, err := engine.New(cfg.engine)
@@ -141,6 +136,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 	}
 	log.Info("stopped")
 	return code
+}
+
+// newLogger returns the logger for --log-format and --log-level.
+func newLogger(w io.Writer, format string, level slog.Level) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: durationText}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// durationText writes a time.Duration as Go writes it ("30s", "1.5ms").
+// The JSON handler would write nanoseconds, a bare number whose unit a
+// reader of the log, or of a query over it, has to know; the text handler
+// already writes "30s", and this keeps the two the same.
+func durationText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
 }
 
 // writeRuntimeMetrics adds the heap the last GC found live: the figure

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -321,6 +322,24 @@ func helpEntry(help, name string) string {
 		rest = rest[:i]
 	}
 	return rest
+}
+
+// TestLogDurations: durations are logged as "30s" in both formats, at the
+// top level and in groups, also when given as slog.Any.
+func TestLogDurations(t *testing.T) {
+	for format, want := range map[string][]string{
+		"json": {`"drain_timeout":"30s"`, `"g":{"tick":"1.5ms"}`, `"any":"2m0s"`},
+		"text": {`drain_timeout=30s`, `g.tick=1.5ms`, `any=2m0s`},
+	} {
+		var out bytes.Buffer
+		log := newLogger(&out, format, slog.LevelInfo)
+		log.Info("x", "drain_timeout", 30*time.Second, slog.Group("g", "tick", 1500*time.Microsecond), slog.Any("any", 2*time.Minute))
+		for _, w := range want {
+			if !strings.Contains(out.String(), w) {
+				t.Errorf("%s: %q lacks %q", format, out.String(), w)
+			}
+		}
+	}
 }
 
 // TestPrecedence: flags beat WSD_* variables, which beat the config file.
