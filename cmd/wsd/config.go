@@ -36,6 +36,7 @@ type config struct {
 	logLevel     string
 	logFormat    string
 	configFile   string
+	flags        *flag.FlagSet // what set the fields above; for settings
 }
 
 func newFlagSet(c *config) *flag.FlagSet {
@@ -139,6 +140,7 @@ func usage(fs *flag.FlagSet, w io.Writer) {
 func parseConfig(args []string, stdout io.Writer) (*config, error) {
 	c := &config{}
 	fs := newFlagSet(c)
+	c.flags = fs
 	err := ff.Parse(fs, args,
 		ff.WithEnvVarPrefix(envPrefix),
 		ff.WithConfigFileFlag("config"),
@@ -280,6 +282,60 @@ func parseLevel(s string) (slog.Level, error) {
 		return l, fmt.Errorf("invalid --log-level %q: want debug, info, warn or error", s)
 	}
 	return l, nil
+}
+
+// settings returns the settings in effect, one attribute per flag, named
+// after it: for those the engine takes, its value as the engine uses it
+// (from eff, the server's Config: defaults filled in, loops 0 resolved to a
+// count), for the others the value parsed. Every flag is there without a
+// list to keep up to date, and secrets (see isSecret) are masked.
+func (c *config) settings(eff engine.Config) []slog.Attr {
+	fromEngine := map[string]any{
+		"listen":                eff.Addr,
+		"loops":                 eff.Loops,
+		"ping-interval":         eff.PingInterval,
+		"max-missed-pongs":      eff.MaxMissedPongs,
+		"max-message-bytes":     eff.MaxMessageBytes,
+		"handshake-timeout":     eff.HandshakeTimeout,
+		"max-handshake-bytes":   eff.MaxHandshakeBytes,
+		"close-timeout":         eff.CloseTimeout,
+		"max-outbound-bytes":    eff.MaxOutboundBytes,
+		"slow-consumer":         eff.SlowConsumer.String(), // not its number
+		"compression":           eff.Compression,
+		"compression-level":     eff.CompressionLevel,
+		"compression-min-bytes": eff.CompressionMinBytes,
+	}
+	var attrs []slog.Attr
+	c.flags.VisitAll(func(f *flag.Flag) {
+		var v any = f.Value.String()
+		if g, ok := f.Value.(flag.Getter); ok {
+			v = g.Get() // typed: a duration stays a duration
+		}
+		if ev, ok := fromEngine[f.Name]; ok {
+			v = ev
+		}
+		if isSecret(f.Name) {
+			v = "" // unset
+			if f.Value.String() != "" {
+				v = "[masked]"
+			}
+		}
+		attrs = append(attrs, slog.Any(f.Name, v))
+	})
+	return attrs
+}
+
+// isSecret reports whether a setting holds a credential, judged by its
+// name, so that a flag added later (an --admin-token, say) is masked in the
+// settings line without anyone having to remember it; masking a key file's
+// path too is the cheaper mistake. No setting is secret yet.
+func isSecret(name string) bool {
+	for _, w := range []string{"secret", "password", "token", "key", "credential"} {
+		if strings.Contains(name, w) {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *config) protocols() []string {

@@ -86,6 +86,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 		fmt.Fprintf(stderr, "wsd: %v\n", err)
 		return 1
 	}
+	// Once both ports are bound: a failure to bind stays a one-line error.
+	log.LogAttrs(context.Background(), slog.LevelInfo, "settings", cfg.settings(srv.Config())...)
 	var admin *http.Server
 	if adminLn != nil {
 		admin = &http.Server{Handler: adminMux(srv), ReadHeaderTimeout: 5 * time.Second}

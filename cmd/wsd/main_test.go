@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -26,19 +28,34 @@ import (
 	"github.com/wsdproject/wsd/internal/wstest"
 )
 
-func startRun(t *testing.T, args ...string) (ws, admin string, stop func() int, stderr *bytes.Buffer) {
+// syncBuffer is a bytes.Buffer that wsd may write while a test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func startRun(t *testing.T, args ...string) (ws, admin string, stop func() int, stderr *syncBuffer) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan [2]string, 1)
 	done := make(chan int, 1)
-	stderr = &bytes.Buffer{}
-	pr, pw := io.Pipe()
-	go func() { io.Copy(stderr, pr) }()
+	stderr = &syncBuffer{}
 	go func() {
-		done <- run(ctx, args, io.Discard, pw, func(s *engine.Server, a net.Addr) {
+		done <- run(ctx, args, io.Discard, stderr, func(s *engine.Server, a net.Addr) {
 			ready <- [2]string{s.Addr().String(), a.String()}
 		})
-		pw.Close()
 	}()
 	select {
 	case a := <-ready:
@@ -369,6 +386,77 @@ func TestPrecedence(t *testing.T) {
 	}
 	if p := c.protocols(); len(p) != 2 || p[0] != "a" || p[1] != "b" {
 		t.Fatalf("subprotocols %v", p)
+	}
+}
+
+// TestSettingsLog: wsd logs every setting once, in one line, with the
+// values in effect (engine defaults applied) and durations as text.
+func TestSettingsLog(t *testing.T) {
+	_, _, stop, stderr := startRun(t, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "json",
+		"--slow-consumer", "drop", "--max-outbound-bytes", "4096", "--close-timeout", "1500ms")
+	stop()
+	var lines []string
+	for line := range strings.Lines(stderr.String()) {
+		if strings.Contains(line, `"msg":"settings"`) {
+			lines = append(lines, line)
+		}
+	}
+	if len(lines) != 1 {
+		t.Fatalf("%d settings lines, want 1:\n%s", len(lines), stderr)
+	}
+	var got map[string]any
+	if err := json.Unmarshal([]byte(lines[0]), &got); err != nil {
+		t.Fatalf("%v: %s", err, lines[0])
+	}
+	if got["level"] != "INFO" {
+		t.Errorf("level %v", got["level"])
+	}
+	delete(got, "time")
+	delete(got, "level")
+	delete(got, "msg")
+	newFlagSet(&config{}).VisitAll(func(f *flag.Flag) {
+		if _, ok := got[f.Name]; !ok {
+			t.Errorf("no %q in the settings line", f.Name)
+		}
+		delete(got, f.Name)
+	})
+	if len(got) != 0 {
+		t.Errorf("settings line has more than the flags: %v", got)
+	}
+	json.Unmarshal([]byte(lines[0]), &got)
+	for k, want := range map[string]any{
+		"loops":              float64(runtime.NumCPU()), // the engine's count, not the flag's 0
+		"ping-interval":      "30s",
+		"close-timeout":      "1.5s",
+		"drain-timeout":      "10s",
+		"slow-consumer":      "drop",
+		"max-outbound-bytes": float64(4096),
+		"listen":             "127.0.0.1:0",
+		"admin":              "127.0.0.1:0",
+		"compression":        false,
+		"subprotocols":       "wsd.json",
+	} {
+		if got[k] != want {
+			t.Errorf("%s: got %#v, want %#v", k, got[k], want)
+		}
+	}
+}
+
+// TestSettingsSecrets: a setting whose name says it is a credential shows
+// only whether it is set.
+func TestSettingsSecrets(t *testing.T) {
+	c, err := parseConfig(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.flags.String("admin-token", "", "")
+	c.flags.String("tls-key-password", "", "")
+	c.flags.Set("admin-token", "hunter2")
+	var out bytes.Buffer
+	newLogger(&out, "text", slog.LevelInfo).LogAttrs(context.Background(), slog.LevelInfo, "settings", c.settings(engine.Defaults())...)
+	if strings.Contains(out.String(), "hunter2") || !strings.Contains(out.String(), "admin-token=[masked]") ||
+		!strings.Contains(out.String(), `tls-key-password=""`) {
+		t.Fatalf("settings line: %s", out.String())
 	}
 }
 
