@@ -9,6 +9,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -55,6 +56,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 	level, _ := parseLevel(cfg.logLevel)
 	log := newLogger(stderr, cfg.logFormat, level)
 	cfg.engine.Logger = log
+	// /metrics then has # HELP and # TYPE lines for the Go and process
+	// metrics, which VictoriaMetrics writes only when asked (process-wide).
+	metrics.ExposeMetadata(true)
 
 	srv, err := engine.New(cfg.engine)
 	if err != nil {
@@ -162,22 +166,56 @@ func durationText(_ []string, a slog.Attr) slog.Attr {
 
 // writeRuntimeMetrics adds the heap the last GC found live: the figure
 // that tells what connections cost, without the garbage heap_inuse counts.
+// Its HELP and TYPE are written here: VictoriaMetrics' would have no text.
 func writeRuntimeMetrics(w io.Writer) {
 	live := []runtimemetrics.Sample{{Name: "/gc/heap/live:bytes"}}
 	runtimemetrics.Read(live)
 	if live[0].Value.Kind() == runtimemetrics.KindUint64 {
-		metrics.WriteGaugeUint64(w, "wsd_go_heap_live_bytes", live[0].Value.Uint64())
+		fmt.Fprintf(w, "# HELP wsd_go_heap_live_bytes Bytes of Go heap objects the last garbage collection found live (runtime/metrics /gc/heap/live:bytes).\n"+
+			"# TYPE wsd_go_heap_live_bytes gauge\nwsd_go_heap_live_bytes %d\n", live[0].Value.Uint64())
 	}
+}
+
+// writeMetadataOnce copies the exposition b to w with at most one # HELP
+// and one # TYPE line per metric family, the first of each. With
+// ExposeMetadata on, VictoriaMetrics' helpers write both before every
+// sample, so a family with labels written one label set at a time (the
+// engine's wsd_handshake_failures_total{reason=...}) would repeat them,
+// and Prometheus rejects a scrape with a second TYPE line for a family. A
+// family that writes its own HELP, with text, before its samples keeps it.
+func writeMetadataOnce(w io.Writer, b []byte) {
+	seen := make(map[string]bool)
+	var out bytes.Buffer
+	out.Grow(len(b))
+	for line := range bytes.Lines(b) {
+		if bytes.HasPrefix(line, []byte("# HELP ")) || bytes.HasPrefix(line, []byte("# TYPE ")) {
+			if f := bytes.Fields(line); len(f) >= 3 {
+				key := string(f[1]) + " " + string(f[2]) // "TYPE go_goroutines"
+				if seen[key] {
+					continue
+				}
+				seen[key] = true
+			}
+		}
+		out.Write(line)
+	}
+	w.Write(out.Bytes())
 }
 
 // adminMux serves the admin endpoints.
 func adminMux(srv *engine.Server) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		var b bytes.Buffer
+		srv.WriteMetrics(&b)
+		writeRuntimeMetrics(&b)
+		metrics.WritePrometheus(&b, true)
+		// Each connection holds a descriptor, so open against allowed is
+		// how near wsd is to refusing connections. Counting them reads
+		// /proc/self/fd, an entry per connection: fine once per scrape.
+		metrics.WriteFDMetrics(&b)
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		srv.WriteMetrics(w)
-		writeRuntimeMetrics(w)
-		metrics.WritePrometheus(w, true)
+		writeMetadataOnce(w, b.Bytes())
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")

@@ -492,9 +492,22 @@ func TestAdminAndShutdown(t *testing.T) {
 		"wsd_connections_open 2", "wsd_handshakes_total 2", "wsd_messages_in_total 2", "wsd_messages_out_total 2",
 		"wsd_bytes_in_total", "wsd_pings_sent_total 0", `wsd_handshake_failures_total{reason="not_found"} 0`,
 		"go_goroutines", "process_resident_memory_bytes", "go_memstats_heap_inuse_bytes",
+		"\nprocess_open_fds ", "\nprocess_max_fds ", "\nwsd_go_heap_live_bytes ",
+		"\n# TYPE process_open_fds gauge\n", "\n# TYPE process_max_fds gauge\n", "\n# TYPE go_goroutines gauge\n",
+		"\n# HELP wsd_go_heap_live_bytes Bytes of Go heap objects", "\n# TYPE wsd_go_heap_live_bytes gauge\n",
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	// A second HELP or TYPE line for a family makes Prometheus reject the
+	// scrape.
+	seen := map[string]int{}
+	for line := range strings.Lines(m) {
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == "#" && (f[1] == "HELP" || f[1] == "TYPE") {
+			if seen[f[1]+" "+f[2]]++; seen[f[1]+" "+f[2]] == 2 {
+				t.Errorf("/metrics: a second %s line for %s", f[1], f[2])
+			}
 		}
 	}
 
