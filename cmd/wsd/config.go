@@ -287,8 +287,9 @@ func parseLevel(s string) (slog.Level, error) {
 // settings returns the settings in effect, one attribute per flag, named
 // after it: for those the engine takes, its value as the engine uses it
 // (from eff, the server's Config: defaults filled in, loops 0 resolved to a
-// count), for the others the value parsed. Every flag is there without a
-// list to keep up to date, and secrets (see isSecret) are masked.
+// count), for the others the value parsed. It walks the flag set, so a new
+// flag is logged even if no one adds it here (with its parsed value), and
+// secrets (see isSecret) are masked.
 func (c *config) settings(eff engine.Config) []slog.Attr {
 	fromEngine := map[string]any{
 		"listen":                eff.Addr,

@@ -6,6 +6,11 @@
 // It serves the JSON protocol on /ws, an optional echo endpoint, and an
 // admin HTTP server with /metrics, /healthz and /readyz. SIGINT or SIGTERM
 // stops accepting, closes every connection with 1001 and exits 0.
+//
+// Exit status: 0 after a clean drain, --help or --version; 2 for a
+// configuration error, reported in one line on stderr before anything
+// listens; 1 if a port cannot be bound, the drain fails, or a second
+// signal cuts it short.
 package main
 
 import (
