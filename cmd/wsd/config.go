@@ -7,8 +7,10 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,6 +36,7 @@ type config struct {
 	logLevel     string
 	logFormat    string
 	configFile   string
+	flags        *flag.FlagSet // what set the fields above; for settings
 }
 
 func newFlagSet(c *config) *flag.FlagSet {
@@ -45,24 +48,73 @@ func newFlagSet(c *config) *flag.FlagSet {
 	e := &c.engine
 	fs.StringVar(&e.Addr, "listen", d.Addr, "WebSocket listen address (host:port)")
 	fs.StringVar(&c.admin, "admin", "127.0.0.1:9090", "admin HTTP address for /metrics, /healthz and /readyz (empty: off)")
-	fs.IntVar(&e.Loops, "loops", 0, "event loops (0: one per CPU)")
-	fs.DurationVar(&e.PingInterval, "ping-interval", d.PingInterval, "ping a connection after this long without traffic")
+	fs.IntVar(&e.Loops, "loops", 0, "event loops, 1 to 255; 0 means one per CPU")
+	durationVar(fs, &e.PingInterval, "ping-interval", d.PingInterval, "ping a connection after this long without traffic")
 	fs.IntVar(&e.MaxMissedPongs, "max-missed-pongs", d.MaxMissedPongs, "drop a connection after this many unanswered pings")
 	fs.Int64Var(&e.MaxMessageBytes, "max-message-bytes", d.MaxMessageBytes, "largest message accepted, also after decompression (larger: close 1009)")
-	fs.DurationVar(&e.HandshakeTimeout, "handshake-timeout", d.HandshakeTimeout, "time allowed from TCP accept to a complete upgrade request")
+	durationVar(fs, &e.HandshakeTimeout, "handshake-timeout", d.HandshakeTimeout, "time allowed from TCP accept to a complete upgrade request")
 	fs.IntVar(&e.MaxHandshakeBytes, "max-handshake-bytes", d.MaxHandshakeBytes, "largest upgrade request head (larger: HTTP 431)")
-	fs.DurationVar(&e.CloseTimeout, "close-timeout", d.CloseTimeout, "time allowed for the close handshake before TCP is closed")
+	durationVar(fs, &e.CloseTimeout, "close-timeout", d.CloseTimeout, "time allowed for the close handshake before TCP is closed")
+	fs.IntVar(&e.MaxOutboundBytes, "max-outbound-bytes", d.MaxOutboundBytes, "per connection, the most bytes queued for a client that reads too slowly, 1024 to 1073741824 (past it: --slow-consumer)")
+	e.SlowConsumer = d.SlowConsumer
+	fs.Var((*policyValue)(&e.SlowConsumer), "slow-consumer", "a connection past --max-outbound-bytes: close (close 1013 and drop it) or drop (skip broadcasts to it until it catches up)")
 	fs.BoolVar(&e.Compression, "compression", false, "offer permessage-deflate (RFC 7692) to clients")
 	fs.IntVar(&e.CompressionLevel, "compression-level", d.CompressionLevel, "flate level for permessage-deflate, 1 (fastest) to 9")
 	fs.IntVar(&e.CompressionMinBytes, "compression-min-bytes", d.CompressionMinBytes, "send messages shorter than this uncompressed")
 	fs.StringVar(&c.echoPath, "echo-path", "", "serve an echo endpoint at this path, e.g. /echo (off when empty)")
 	fs.StringVar(&c.subprotocols, "subprotocols", protocol.Subprotocol, "comma-separated subprotocols /ws accepts (clients may also ask for none)")
-	fs.DurationVar(&c.drainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM/SIGINT, how long to wait for clients to finish the close handshake")
+	durationVar(fs, &c.drainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM/SIGINT, how long to wait for clients to finish the close handshake")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.configFile, "config", "", "TOML file with settings (keys are flag names)")
 	return fs
 }
+
+// durationValue is flag's own duration flag but for the message when the
+// value does not parse: flag says only "parse error", which does not tell
+// an operator who wrote "30" or "1 minute" what to write instead. The
+// message is the same from a flag, a WSD_* variable or the TOML file,
+// which all set the value through Set.
+type durationValue time.Duration
+
+const durationHint = "parse error (a duration such as 500ms, 20s or 1m)"
+
+func (d *durationValue) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return errors.New(durationHint)
+	}
+	*d = durationValue(v)
+	return nil
+}
+
+func (d *durationValue) String() string { return time.Duration(*d).String() }
+
+// Get makes it a flag.Getter, like flag's own values.
+func (d *durationValue) Get() any { return time.Duration(*d) }
+
+func durationVar(fs *flag.FlagSet, p *time.Duration, name string, value time.Duration, usage string) {
+	*p = value
+	fs.Var((*durationValue)(p), name, usage)
+}
+
+// policyValue is the --slow-consumer flag. The engine parses the name, so
+// the policies the flag accepts are always the ones the engine has, and its
+// error lists them.
+type policyValue engine.SlowConsumerPolicy
+
+func (p *policyValue) Set(s string) error {
+	v, err := engine.ParseSlowConsumerPolicy(s)
+	if err != nil {
+		return err
+	}
+	*p = policyValue(v)
+	return nil
+}
+
+func (p *policyValue) String() string { return engine.SlowConsumerPolicy(*p).String() }
+
+func (p *policyValue) Get() any { return engine.SlowConsumerPolicy(*p) }
 
 func envName(flagName string) string {
 	return envPrefix + "_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
@@ -79,6 +131,8 @@ func usage(fs *flag.FlagSet, w io.Writer) {
 		}
 		fmt.Fprintf(w, "  --%s\n        %s\n        (default %s; env %s)\n", f.Name, f.Usage, def, envName(f.Name))
 	})
+	// Not a setting (see wantsVersion), so not in the flag set.
+	fmt.Fprintf(w, "  --version\n        print the version, commit and Go version, and exit\n")
 }
 
 // parseConfig reads flags, environment and config file into a config. On
@@ -86,6 +140,7 @@ func usage(fs *flag.FlagSet, w io.Writer) {
 func parseConfig(args []string, stdout io.Writer) (*config, error) {
 	c := &config{}
 	fs := newFlagSet(c)
+	c.flags = fs
 	err := ff.Parse(fs, args,
 		ff.WithEnvVarPrefix(envPrefix),
 		ff.WithConfigFileFlag("config"),
@@ -101,6 +156,14 @@ func parseConfig(args []string, stdout io.Writer) (*config, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (all settings are flags)", fs.Arg(0))
 	}
+	if err := checkAddr(c.engine.Addr); err != nil {
+		return nil, fmt.Errorf("invalid --listen %q: %v", c.engine.Addr, err)
+	}
+	if c.admin != "" {
+		if err := checkAddr(c.admin); err != nil {
+			return nil, fmt.Errorf("invalid --admin %q: %v (or empty for no admin server)", c.admin, err)
+		}
+	}
 	if _, err := parseLevel(c.logLevel); err != nil {
 		return nil, err
 	}
@@ -110,10 +173,51 @@ func parseConfig(args []string, stdout io.Writer) (*config, error) {
 	if c.echoPath != "" && (!strings.HasPrefix(c.echoPath, "/") || c.echoPath == "/ws") {
 		return nil, fmt.Errorf("invalid --echo-path %q: want a path such as /echo, other than /ws", c.echoPath)
 	}
-	if c.drainTimeout <= 0 {
-		return nil, fmt.Errorf("invalid --drain-timeout %v: must be positive", c.drainTimeout)
+	// The engine reads a zero field as "use the default". From an operator
+	// 0 is no such request (it is more likely meant as "never" or "no
+	// limit"), and a negative value is a typo: both are refused here, so
+	// that the engine never sees them and wsd never runs with a setting
+	// other than the one it was given.
+	e := &c.engine
+	for _, s := range []struct {
+		name string
+		ok   bool
+	}{
+		{"ping-interval", e.PingInterval > 0},
+		{"max-missed-pongs", e.MaxMissedPongs > 0},
+		{"max-message-bytes", e.MaxMessageBytes > 0},
+		{"handshake-timeout", e.HandshakeTimeout > 0},
+		{"close-timeout", e.CloseTimeout > 0},
+		{"max-handshake-bytes", e.MaxHandshakeBytes > 0},
+		{"max-outbound-bytes", e.MaxOutboundBytes > 0},
+		{"drain-timeout", c.drainTimeout > 0},
+	} {
+		if !s.ok {
+			f := fs.Lookup(s.name)
+			return nil, fmt.Errorf("invalid --%s %s: must be greater than 0 (default %s)", s.name, f.Value, f.DefValue)
+		}
 	}
 	return c, nil
+}
+
+// checkAddr checks that s is host:port with a numeric port, the host
+// possibly empty (every interface). A malformed address would otherwise
+// fail only when bound, with the exit code of a busy port (1) instead of
+// that of a configuration error (2). Whether the host resolves and the
+// port is free is for the bind to say.
+func checkAddr(s string) error {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			err = errors.New(ae.Err) // without the address, which the caller quotes
+		}
+		return fmt.Errorf("%v; want host:port, e.g. :8080 or 127.0.0.1:8080", err)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
+	}
+	return nil
 }
 
 var ffEnvError = regexp.MustCompile(`^error parsing environment variables: error setting flag "([^"]+)" from environment variable "([^"]+)": (.*)$`)
@@ -178,6 +282,61 @@ func parseLevel(s string) (slog.Level, error) {
 		return l, fmt.Errorf("invalid --log-level %q: want debug, info, warn or error", s)
 	}
 	return l, nil
+}
+
+// settings returns the settings in effect, one attribute per flag, named
+// after it: for those the engine takes, its value as the engine uses it
+// (from eff, the server's Config: defaults filled in, loops 0 resolved to a
+// count), for the others the value parsed. It walks the flag set, so a new
+// flag is logged even if no one adds it here (with its parsed value), and
+// secrets (see isSecret) are masked.
+func (c *config) settings(eff engine.Config) []slog.Attr {
+	fromEngine := map[string]any{
+		"listen":                eff.Addr,
+		"loops":                 eff.Loops,
+		"ping-interval":         eff.PingInterval,
+		"max-missed-pongs":      eff.MaxMissedPongs,
+		"max-message-bytes":     eff.MaxMessageBytes,
+		"handshake-timeout":     eff.HandshakeTimeout,
+		"max-handshake-bytes":   eff.MaxHandshakeBytes,
+		"close-timeout":         eff.CloseTimeout,
+		"max-outbound-bytes":    eff.MaxOutboundBytes,
+		"slow-consumer":         eff.SlowConsumer.String(), // not its number
+		"compression":           eff.Compression,
+		"compression-level":     eff.CompressionLevel,
+		"compression-min-bytes": eff.CompressionMinBytes,
+	}
+	var attrs []slog.Attr
+	c.flags.VisitAll(func(f *flag.Flag) {
+		var v any = f.Value.String()
+		if g, ok := f.Value.(flag.Getter); ok {
+			v = g.Get() // typed: a duration stays a duration
+		}
+		if ev, ok := fromEngine[f.Name]; ok {
+			v = ev
+		}
+		if isSecret(f.Name) {
+			v = "" // unset
+			if f.Value.String() != "" {
+				v = "[masked]"
+			}
+		}
+		attrs = append(attrs, slog.Any(f.Name, v))
+	})
+	return attrs
+}
+
+// isSecret reports whether a setting holds a credential, judged by its
+// name, so that a flag added later (an --admin-token, say) is masked in the
+// settings line without anyone having to remember it; masking a key file's
+// path too is the cheaper mistake. No setting is secret yet.
+func isSecret(name string) bool {
+	for _, w := range []string{"secret", "password", "token", "key", "credential"} {
+		if strings.Contains(name, w) {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *config) protocols() []string {

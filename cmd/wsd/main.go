@@ -1,13 +1,20 @@
 // Command wsd is the wsd WebSocket server.
 //
 //	wsd [flags]          (wsd --help lists them with their WSD_* variables)
+//	wsd --version
 //
 // It serves the JSON protocol on /ws, an optional echo endpoint, and an
 // admin HTTP server with /metrics, /healthz and /readyz. SIGINT or SIGTERM
 // stops accepting, closes every connection with 1001 and exits 0.
+//
+// Exit status: 0 after a clean drain, --help or --version; 2 for a
+// configuration error, reported in one line on stderr before anything
+// listens; 1 if a port cannot be bound, the drain fails, or a second
+// signal cuts it short.
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -18,6 +25,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	runtimemetrics "runtime/metrics"
 	"syscall"
 	"time"
@@ -38,6 +46,10 @@ func main() {
 // run is wsd's whole life; it returns the exit code. ready, if not nil,
 // receives the server once it listens (for tests).
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready func(*engine.Server, net.Addr)) int {
+	if wantsVersion(args) {
+		fmt.Fprintln(stdout, versionLine(debug.ReadBuildInfo()))
+		return 0
+	}
 	cfg, err := parseConfig(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -47,13 +59,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 		return 2
 	}
 	level, _ := parseLevel(cfg.logLevel)
-	opts := &slog.HandlerOptions{Level: level}
-	var h slog.Handler = slog.NewTextHandler(stderr, opts)
-	if cfg.logFormat == "json" {
-		h = slog.NewJSONHandler(stderr, opts)
-	}
-	log := slog.New(h)
+	log := newLogger(stderr, cfg.logFormat, level)
 	cfg.engine.Logger = log
+	// /metrics then has # HELP and # TYPE lines for the Go and process
+	// metrics, which VictoriaMetrics writes only when asked (process-wide).
+	metrics.ExposeMetadata(true)
 
 	srv, err := engine.New(cfg.engine)
 	if err != nil {
@@ -85,6 +95,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 		fmt.Fprintf(stderr, "wsd: %v\n", err)
 		return 1
 	}
+	// Once both ports are bound: a failure to bind stays a one-line error.
+	log.LogAttrs(context.Background(), slog.LevelInfo, "settings", cfg.settings(srv.Config())...)
 	var admin *http.Server
 	if adminLn != nil {
 		admin = &http.Server{Handler: adminMux(srv), ReadHeaderTimeout: 5 * time.Second}
@@ -137,24 +149,78 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 	return code
 }
 
+// newLogger returns the logger for --log-format and --log-level.
+func newLogger(w io.Writer, format string, level slog.Level) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: durationText}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// durationText writes a time.Duration as Go writes it ("30s", "1.5ms").
+// The JSON handler would write nanoseconds, a bare number whose unit a
+// reader of the log, or of a query over it, has to know; the text handler
+// already writes "30s", and this keeps the two the same.
+func durationText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
+}
+
 // writeRuntimeMetrics adds the heap the last GC found live: the figure
 // that tells what connections cost, without the garbage heap_inuse counts.
+// Its HELP and TYPE are written here: VictoriaMetrics' would have no text.
 func writeRuntimeMetrics(w io.Writer) {
 	live := []runtimemetrics.Sample{{Name: "/gc/heap/live:bytes"}}
 	runtimemetrics.Read(live)
 	if live[0].Value.Kind() == runtimemetrics.KindUint64 {
-		metrics.WriteGaugeUint64(w, "wsd_go_heap_live_bytes", live[0].Value.Uint64())
+		fmt.Fprintf(w, "# HELP wsd_go_heap_live_bytes Bytes of Go heap objects the last garbage collection found live (runtime/metrics /gc/heap/live:bytes).\n"+
+			"# TYPE wsd_go_heap_live_bytes gauge\nwsd_go_heap_live_bytes %d\n", live[0].Value.Uint64())
 	}
+}
+
+// writeMetadataOnce copies the exposition b to w with at most one # HELP
+// and one # TYPE line per metric family, the first of each. With
+// ExposeMetadata on, VictoriaMetrics' helpers write both before every
+// sample, so a family with labels written one label set at a time (the
+// engine's wsd_handshake_failures_total{reason=...}) would repeat them,
+// and Prometheus rejects a scrape with a second TYPE line for a family. A
+// family that writes its own HELP, with text, before its samples keeps it.
+func writeMetadataOnce(w io.Writer, b []byte) {
+	seen := make(map[string]bool)
+	var out bytes.Buffer
+	out.Grow(len(b))
+	for line := range bytes.Lines(b) {
+		if bytes.HasPrefix(line, []byte("# HELP ")) || bytes.HasPrefix(line, []byte("# TYPE ")) {
+			if f := bytes.Fields(line); len(f) >= 3 {
+				key := string(f[1]) + " " + string(f[2]) // "TYPE go_goroutines"
+				if seen[key] {
+					continue
+				}
+				seen[key] = true
+			}
+		}
+		out.Write(line)
+	}
+	w.Write(out.Bytes())
 }
 
 // adminMux serves the admin endpoints.
 func adminMux(srv *engine.Server) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		var b bytes.Buffer
+		srv.WriteMetrics(&b)
+		writeRuntimeMetrics(&b)
+		metrics.WritePrometheus(&b, true)
+		// Each connection holds a descriptor, so open against allowed is
+		// how near wsd is to refusing connections. Counting them reads
+		// /proc/self/fd, an entry per connection: fine once per scrape.
+		metrics.WriteFDMetrics(&b)
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		srv.WriteMetrics(w)
-		writeRuntimeMetrics(w)
-		metrics.WritePrometheus(w, true)
+		writeMetadataOnce(w, b.Bytes())
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")

@@ -4,13 +4,21 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"runtime"
+	"runtime/debug"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,19 +28,34 @@ import (
 	"github.com/wsdproject/wsd/internal/wstest"
 )
 
-func startRun(t *testing.T, args ...string) (ws, admin string, stop func() int, stderr *bytes.Buffer) {
+// syncBuffer is a bytes.Buffer that wsd may write while a test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func startRun(t *testing.T, args ...string) (ws, admin string, stop func() int, stderr *syncBuffer) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan [2]string, 1)
 	done := make(chan int, 1)
-	stderr = &bytes.Buffer{}
-	pr, pw := io.Pipe()
-	go func() { io.Copy(stderr, pr) }()
+	stderr = &syncBuffer{}
 	go func() {
-		done <- run(ctx, args, io.Discard, pw, func(s *engine.Server, a net.Addr) {
+		done <- run(ctx, args, io.Discard, stderr, func(s *engine.Server, a net.Addr) {
 			ready <- [2]string{s.Addr().String(), a.String()}
 		})
-		pw.Close()
 	}()
 	select {
 	case a := <-ready:
@@ -74,6 +97,10 @@ func TestBadConfiguration(t *testing.T) {
 	os.WriteFile(unknownKey, []byte("listen = \"127.0.0.1:0\"\nping_interval = \"1s\"\n"), 0o644)
 	badValue := filepath.Join(dir, "bad.toml")
 	os.WriteFile(badValue, []byte("ping-interval = \"soon\"\n"), 0o644)
+	badPolicy := filepath.Join(dir, "policy.toml")
+	os.WriteFile(badPolicy, []byte("slow-consumer = \"block\"\n"), 0o644)
+	unitless := filepath.Join(dir, "unitless.toml")
+	os.WriteFile(unitless, []byte("drain-timeout = 30\n"), 0o644)
 	unreadable := filepath.Join(dir, "secret.toml")
 	os.WriteFile(unreadable, []byte("loops = 1\n"), 0o000)
 	cases := []struct {
@@ -83,12 +110,30 @@ func TestBadConfiguration(t *testing.T) {
 		want string
 	}{
 		{"unknown flag", []string{"--bogus"}, [2]string{}, "flag provided but not defined: -bogus"},
-		{"bad duration", []string{"--ping-interval", "soon"}, [2]string{}, `invalid value "soon" for flag -ping-interval`},
+		{"bad duration", []string{"--ping-interval", "soon"}, [2]string{},
+			`invalid value "soon" for flag -ping-interval: parse error (a duration such as 500ms, 20s or 1m)`},
+		{"bad env duration", nil, [2]string{"WSD_CLOSE_TIMEOUT", "5"}, "WSD_CLOSE_TIMEOUT (--close-timeout): parse error (a duration such as"},
 		{"out of range", []string{"--loops", "1000"}, [2]string{}, "loops must be 1 to 255"},
 		{"bad env", nil, [2]string{"WSD_MAX_MESSAGE_BYTES", "lots"}, "WSD_MAX_MESSAGE_BYTES"},
 		{"missing config", []string{"--config", filepath.Join(dir, "nope.toml")}, [2]string{}, "nope.toml"},
 		{"unknown config key", []string{"--config", unknownKey}, [2]string{}, `unknown key "ping_interval"`},
-		{"bad config value", []string{"--config", badValue}, [2]string{}, `"ping-interval"`},
+		{"bad config value", []string{"--config", badValue}, [2]string{}, `key "ping-interval": parse error (a duration such as`},
+		{"unitless config duration", []string{"--config", unitless}, [2]string{}, `key "drain-timeout": parse error (a duration such as`},
+		{"bad policy", []string{"--slow-consumer", "wait"}, [2]string{}, `-slow-consumer: invalid slow-consumer policy "wait": want close or drop`},
+		{"bad env policy", nil, [2]string{"WSD_SLOW_CONSUMER", "Drop"}, `WSD_SLOW_CONSUMER (--slow-consumer): invalid slow-consumer policy "Drop": want close or drop`},
+		{"bad config policy", []string{"--config", badPolicy}, [2]string{}, `key "slow-consumer": invalid slow-consumer policy "block": want close or drop`},
+		// The engine checks the range: proof the value reaches it.
+		{"outbound mark too small", []string{"--max-outbound-bytes", "1000"}, [2]string{}, "max outbound bytes must be 1 KiB to 1 GiB, got 1000"},
+		// An address that cannot be one is a configuration error, not a
+		// failure to bind (exit 1).
+		{"listen without port", []string{"--listen", "nonsense"}, [2]string{},
+			`invalid --listen "nonsense": missing port in address; want host:port, e.g. :8080`},
+		{"listen port not a number", nil, [2]string{"WSD_LISTEN", "localhost:http"}, `invalid --listen "localhost:http": port "http" is not a number from 0 to 65535`},
+		{"listen port too big", []string{"--listen", ":65536"}, [2]string{}, `invalid --listen ":65536": port "65536"`},
+		{"listen empty", []string{"--listen", ""}, [2]string{}, `invalid --listen ""`},
+		{"admin without port", []string{"--admin", "nonsense"}, [2]string{}, `invalid --admin "nonsense": missing port in address`},
+		{"admin empty port", []string{"--admin", "127.0.0.1:"}, [2]string{}, `invalid --admin "127.0.0.1:": port ""`},
+		{"admin too many colons", []string{"--admin", "::1:9090"}, [2]string{}, `invalid --admin "::1:9090": too many colons`},
 		{"bad log level", []string{"--log-level", "loud"}, [2]string{}, "invalid --log-level"},
 		{"bad echo path", []string{"--echo-path", "echo"}, [2]string{}, "invalid --echo-path"},
 		{"stray argument", []string{"serve"}, [2]string{}, `unexpected argument "serve"`},
@@ -107,8 +152,8 @@ func TestBadConfiguration(t *testing.T) {
 				t.Setenv(tc.env[0], tc.env[1])
 			}
 			code, stderr := runArgs(t, tc.args...)
-			if code == 0 {
-				t.Fatalf("exit 0, want failure")
+			if code != 2 {
+				t.Fatalf("exit %d, want 2 (configuration error); stderr %q", code, stderr)
 			}
 			if lines := strings.Count(strings.TrimSpace(stderr), "\n") + 1; lines != 1 {
 				t.Fatalf("%d lines on stderr, want one:\n%s", lines, stderr)
@@ -117,6 +162,116 @@ func TestBadConfiguration(t *testing.T) {
 				t.Fatalf("stderr %q, want it to mention %q", stderr, tc.want)
 			}
 		})
+	}
+}
+
+// TestZeroRefused: the engine reads 0 as "the default"; wsd must refuse 0
+// and negative values instead of passing them on, from a flag, a variable
+// or the file. --loops 0 keeps its meaning, one loop per CPU.
+func TestZeroRefused(t *testing.T) {
+	for _, name := range []string{"ping-interval", "max-missed-pongs", "max-message-bytes", "handshake-timeout",
+		"close-timeout", "max-handshake-bytes", "max-outbound-bytes", "drain-timeout"} {
+		negative := "-1"
+		if strings.HasSuffix(name, "-interval") || strings.HasSuffix(name, "-timeout") {
+			negative = "-1s"
+		}
+		file := filepath.Join(t.TempDir(), "wsd.toml")
+		os.WriteFile(file, []byte(name+" = 0\n"), 0o644)
+		for _, tc := range []struct {
+			how  string
+			args []string
+			env  string
+		}{
+			{"flag 0", []string{"--" + name, "0"}, ""},
+			{"flag " + negative, []string{"--" + name + "=" + negative}, ""},
+			{"env 0", nil, "0"},
+			{"file 0", []string{"--config", file}, ""},
+		} {
+			t.Run(name+"/"+tc.how, func(t *testing.T) {
+				if tc.env != "" {
+					t.Setenv(envName(name), tc.env)
+				}
+				// Addresses of their own, in case the value is let through.
+				code, stderr := runArgs(t, append([]string{"--listen", "127.0.0.1:0", "--admin", ""}, tc.args...)...)
+				if code != 2 {
+					t.Fatalf("exit %d, want 2; stderr %q", code, stderr)
+				}
+				if strings.Count(strings.TrimSpace(stderr), "\n") != 0 || !strings.HasPrefix(stderr, "wsd: invalid --"+name+" ") ||
+					!strings.Contains(stderr, "must be greater than 0 (default ") {
+					t.Fatalf("stderr %q", stderr)
+				}
+			})
+		}
+	}
+	c, err := parseConfig([]string{"--loops", "0"}, io.Discard)
+	if err != nil {
+		t.Fatalf("--loops 0: %v", err)
+	}
+	if c.engine.Loops != 0 {
+		t.Fatalf("--loops 0 gave %d", c.engine.Loops)
+	}
+}
+
+var versionRE = regexp.MustCompile(`^wsd \S+ \(commit \S+, \S+( unknown)?(, modified)?\) go\S+ \S+/\S+\n$`)
+
+func TestVersion(t *testing.T) {
+	t.Setenv("WSD_VERSION", "1.2.3") // not a setting: neither asks for the version nor is refused
+	for _, args := range [][]string{{"--version"}, {"-version"}, {"--listen", "127.0.0.1:0", "--version"}, {"--version=true"}} {
+		var out, errOut bytes.Buffer
+		if code := run(context.Background(), args, &out, &errOut, nil); code != 0 {
+			t.Fatalf("%v: exit %d, stderr %q", args, code, errOut.String())
+		}
+		if !versionRE.MatchString(out.String()) || !strings.Contains(out.String(), runtime.GOOS+"/"+runtime.GOARCH) || errOut.Len() != 0 {
+			t.Fatalf("%v: stdout %q, stderr %q", args, out.String(), errOut.String())
+		}
+	}
+	// By the flag package's rules, here --version is the echo path's value.
+	if wantsVersion([]string{"--echo-path", "--version"}) {
+		t.Fatal("--echo-path --version asks for the version")
+	}
+	if _, err := parseConfig(nil, io.Discard); err != nil {
+		t.Fatalf("with WSD_VERSION set: %v", err)
+	}
+
+	if testing.Short() {
+		return
+	}
+	out, err := exec.Command(buildBinary(t), "--version").Output()
+	if err != nil || !versionRE.Match(out) {
+		t.Fatalf("wsd --version: %q, %v", out, err)
+	}
+}
+
+func TestVersionLine(t *testing.T) {
+	platform := " " + runtime.GOOS + "/" + runtime.GOARCH
+	stamped := &debug.BuildInfo{
+		GoVersion: "go1.26.8",
+		Main:      debug.Module{Path: "github.com/wsdproject/wsd", Version: "v0.0.0-20261127100000-abc1234def56+dirty"},
+		Settings: []debug.BuildSetting{
+			{Key: "-buildmode", Value: "exe"},
+			{Key: "vcs", Value: "git"},
+			{Key: "vcs.revision", Value: "abc1234def5678901234567890abcdef12345678"},
+			{Key: "vcs.time", Value: "2026-11-27T10:00:00Z"},
+			{Key: "vcs.modified", Value: "true"},
+		},
+	}
+	clean := *stamped
+	clean.Settings = append([]debug.BuildSetting(nil), stamped.Settings...)
+	clean.Settings[4].Value = "false"
+	bare := &debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Path: "github.com/wsdproject/wsd", Version: "(devel)"}}
+	for _, tc := range []struct {
+		bi   *debug.BuildInfo
+		ok   bool
+		want string
+	}{
+		{stamped, true, "wsd v0.0.0-20261127100000-abc1234def56+dirty (commit abc1234, 2026-11-27T10:00:00Z, modified) go1.26.8" + platform},
+		{&clean, true, "wsd v0.0.0-20261127100000-abc1234def56+dirty (commit abc1234, 2026-11-27T10:00:00Z) go1.26.8" + platform},
+		{bare, true, "wsd (devel) (commit unknown, time unknown) go1.26.8" + platform},
+		{nil, false, "wsd unknown (commit unknown, time unknown) " + runtime.Version() + platform},
+	} {
+		if got := versionLine(tc.bi, tc.ok); got != tc.want {
+			t.Errorf("got  %q\nwant %q", got, tc.want)
+		}
 	}
 }
 
@@ -149,14 +304,69 @@ func TestHelp(t *testing.T) {
 			t.Errorf("--help lacks %q", want)
 		}
 	}
+	if strings.Contains(out.String(), "WSD_VERSION") {
+		t.Error("--help offers WSD_VERSION; --version is not a setting")
+	}
+	// Each flag's own entry, so that a default or variable shown under
+	// another flag does not count.
+	for name, wants := range map[string][]string{
+		"loops":              {"0 means one per CPU", "(default 0; env WSD_LOOPS)"},
+		"max-outbound-bytes": {"(default 1048576; env WSD_MAX_OUTBOUND_BYTES)", "--slow-consumer"},
+		"slow-consumer":      {"(default close; env WSD_SLOW_CONSUMER)", "close (", "drop (", "--max-outbound-bytes"},
+		"version":            {"print the version"},
+	} {
+		entry := helpEntry(out.String(), name)
+		if entry == "" {
+			t.Errorf("--help has no entry for --%s", name)
+			continue
+		}
+		for _, want := range wants {
+			if !strings.Contains(entry, want) {
+				t.Errorf("--help entry for --%s lacks %q:\n%s", name, want, entry)
+			}
+		}
+	}
+}
+
+// helpEntry returns the lines --help gives the flag name: its own line and
+// the indented ones below it.
+func helpEntry(help, name string) string {
+	_, rest, ok := strings.Cut(help, "\n  --"+name+"\n")
+	if !ok {
+		return ""
+	}
+	if i := strings.Index(rest, "\n  --"); i >= 0 {
+		rest = rest[:i]
+	}
+	return rest
+}
+
+// TestLogDurations: durations are logged as "30s" in both formats, at the
+// top level and in groups, also when given as slog.Any.
+func TestLogDurations(t *testing.T) {
+	for format, want := range map[string][]string{
+		"json": {`"drain_timeout":"30s"`, `"g":{"tick":"1.5ms"}`, `"any":"2m0s"`},
+		"text": {`drain_timeout=30s`, `g.tick=1.5ms`, `any=2m0s`},
+	} {
+		var out bytes.Buffer
+		log := newLogger(&out, format, slog.LevelInfo)
+		log.Info("x", "drain_timeout", 30*time.Second, slog.Group("g", "tick", 1500*time.Microsecond), slog.Any("any", 2*time.Minute))
+		for _, w := range want {
+			if !strings.Contains(out.String(), w) {
+				t.Errorf("%s: %q lacks %q", format, out.String(), w)
+			}
+		}
+	}
 }
 
 // TestPrecedence: flags beat WSD_* variables, which beat the config file.
 func TestPrecedence(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "wsd.toml")
-	os.WriteFile(file, []byte("ping-interval = \"7s\"\nmax-missed-pongs = 5\nloops = 3\nsubprotocols = [\"a\", \"b\"]\n"), 0o644)
+	os.WriteFile(file, []byte("ping-interval = \"7s\"\nmax-missed-pongs = 5\nloops = 3\nsubprotocols = [\"a\", \"b\"]\n"+
+		"slow-consumer = \"drop\"\nmax-outbound-bytes = 4096\n"), 0o644)
 	t.Setenv("WSD_MAX_MISSED_PONGS", "6")
 	t.Setenv("WSD_LOOPS", "4")
+	t.Setenv("WSD_MAX_OUTBOUND_BYTES", "8192")
 	c, err := parseConfig([]string{"--config", file, "--loops", "2"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -164,8 +374,89 @@ func TestPrecedence(t *testing.T) {
 	if c.engine.PingInterval != 7*time.Second || c.engine.MaxMissedPongs != 6 || c.engine.Loops != 2 {
 		t.Fatalf("got ping %v, missed %d, loops %d", c.engine.PingInterval, c.engine.MaxMissedPongs, c.engine.Loops)
 	}
+	if c.engine.SlowConsumer != engine.SlowConsumerDrop || c.engine.MaxOutboundBytes != 8192 {
+		t.Fatalf("got slow consumer %v, max outbound bytes %d", c.engine.SlowConsumer, c.engine.MaxOutboundBytes)
+	}
+	c, err = parseConfig([]string{"--slow-consumer", "close", "--max-outbound-bytes", "2048", "--config", file}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.engine.SlowConsumer != engine.SlowConsumerClose || c.engine.MaxOutboundBytes != 2048 {
+		t.Fatalf("flags: got slow consumer %v, max outbound bytes %d", c.engine.SlowConsumer, c.engine.MaxOutboundBytes)
+	}
 	if p := c.protocols(); len(p) != 2 || p[0] != "a" || p[1] != "b" {
 		t.Fatalf("subprotocols %v", p)
+	}
+}
+
+// TestSettingsLog: wsd logs every setting once, in one line, with the
+// values in effect (engine defaults applied) and durations as text.
+func TestSettingsLog(t *testing.T) {
+	_, _, stop, stderr := startRun(t, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "json",
+		"--slow-consumer", "drop", "--max-outbound-bytes", "4096", "--close-timeout", "1500ms")
+	stop()
+	var lines []string
+	for line := range strings.Lines(stderr.String()) {
+		if strings.Contains(line, `"msg":"settings"`) {
+			lines = append(lines, line)
+		}
+	}
+	if len(lines) != 1 {
+		t.Fatalf("%d settings lines, want 1:\n%s", len(lines), stderr)
+	}
+	var got map[string]any
+	if err := json.Unmarshal([]byte(lines[0]), &got); err != nil {
+		t.Fatalf("%v: %s", err, lines[0])
+	}
+	if got["level"] != "INFO" {
+		t.Errorf("level %v", got["level"])
+	}
+	delete(got, "time")
+	delete(got, "level")
+	delete(got, "msg")
+	newFlagSet(&config{}).VisitAll(func(f *flag.Flag) {
+		if _, ok := got[f.Name]; !ok {
+			t.Errorf("no %q in the settings line", f.Name)
+		}
+		delete(got, f.Name)
+	})
+	if len(got) != 0 {
+		t.Errorf("settings line has more than the flags: %v", got)
+	}
+	json.Unmarshal([]byte(lines[0]), &got)
+	for k, want := range map[string]any{
+		"loops":              float64(runtime.NumCPU()), // the engine's count, not the flag's 0
+		"ping-interval":      "30s",
+		"close-timeout":      "1.5s",
+		"drain-timeout":      "10s",
+		"slow-consumer":      "drop",
+		"max-outbound-bytes": float64(4096),
+		"listen":             "127.0.0.1:0",
+		"admin":              "127.0.0.1:0",
+		"compression":        false,
+		"subprotocols":       "wsd.json",
+	} {
+		if got[k] != want {
+			t.Errorf("%s: got %#v, want %#v", k, got[k], want)
+		}
+	}
+}
+
+// TestSettingsSecrets: a setting whose name says it is a credential shows
+// only whether it is set.
+func TestSettingsSecrets(t *testing.T) {
+	c, err := parseConfig(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.flags.String("admin-token", "", "")
+	c.flags.String("tls-key-password", "", "")
+	c.flags.Set("admin-token", "hunter2")
+	var out bytes.Buffer
+	newLogger(&out, "text", slog.LevelInfo).LogAttrs(context.Background(), slog.LevelInfo, "settings", c.settings(engine.Defaults())...)
+	if strings.Contains(out.String(), "hunter2") || !strings.Contains(out.String(), "admin-token=[masked]") ||
+		!strings.Contains(out.String(), `tls-key-password=""`) {
+		t.Fatalf("settings line: %s", out.String())
 	}
 }
 
@@ -201,9 +492,22 @@ func TestAdminAndShutdown(t *testing.T) {
 		"wsd_connections_open 2", "wsd_handshakes_total 2", "wsd_messages_in_total 2", "wsd_messages_out_total 2",
 		"wsd_bytes_in_total", "wsd_pings_sent_total 0", `wsd_handshake_failures_total{reason="not_found"} 0`,
 		"go_goroutines", "process_resident_memory_bytes", "go_memstats_heap_inuse_bytes",
+		"\nprocess_open_fds ", "\nprocess_max_fds ", "\nwsd_go_heap_live_bytes ",
+		"\n# TYPE process_open_fds gauge\n", "\n# TYPE process_max_fds gauge\n", "\n# TYPE go_goroutines gauge\n",
+		"\n# HELP wsd_go_heap_live_bytes Bytes of Go heap objects", "\n# TYPE wsd_go_heap_live_bytes gauge\n",
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	// A second HELP or TYPE line for a family makes Prometheus reject the
+	// scrape.
+	seen := map[string]int{}
+	for line := range strings.Lines(m) {
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == "#" && (f[1] == "HELP" || f[1] == "TYPE") {
+			if seen[f[1]+" "+f[2]]++; seen[f[1]+" "+f[2]] == 2 {
+				t.Errorf("/metrics: a second %s line for %s", f[1], f[2])
+			}
 		}
 	}
 
@@ -228,10 +532,7 @@ func TestBinarySignals(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	bin := filepath.Join(t.TempDir(), "wsd")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t)
 	start := func(t *testing.T) (*exec.Cmd, string, string) {
 		cmd := exec.Command(bin, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "json",
 			"--drain-timeout", "30s", "--close-timeout", "30s")
@@ -266,11 +567,15 @@ func TestBinarySignals(t *testing.T) {
 			if fe, ok := err.(*frame.Error); !ok || fe.Code != frame.CloseGoingAway {
 				t.Fatalf("want close 1001, got %v", err)
 			}
-			if resp, err := http.Get("http://" + admin + "/readyz"); err == nil {
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusServiceUnavailable {
-					t.Errorf("/readyz while draining: %d", resp.StatusCode)
-				}
+			// The admin server stays up until the drain ends, which this
+			// client holds open: /readyz must answer, and answer 503.
+			resp, err := http.Get("http://" + admin + "/readyz")
+			if err != nil {
+				t.Fatalf("/readyz while draining: %v", err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusServiceUnavailable {
+				t.Fatalf("/readyz while draining: %d, want 503", resp.StatusCode)
 			}
 			c.Send(frame.OpClose, []byte{0x03, 0xe9})
 			if err := cmd.Wait(); err != nil {
@@ -305,6 +610,41 @@ func TestBinarySignals(t *testing.T) {
 			t.Fatal("still draining 10 s after the second signal")
 		}
 	})
+}
+
+var built struct {
+	once sync.Once
+	dir  string
+	bin  string
+	err  error
+}
+
+// buildBinary builds wsd once for the tests that run the real binary.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	built.once.Do(func() {
+		var err error
+		if built.dir, err = os.MkdirTemp("", "wsd-test-"); err != nil {
+			built.err = err
+			return
+		}
+		built.bin = filepath.Join(built.dir, "wsd")
+		if out, err := exec.Command("go", "build", "-o", built.bin, ".").CombinedOutput(); err != nil {
+			built.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if built.err != nil {
+		t.Fatal(built.err)
+	}
+	return built.bin
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if built.dir != "" {
+		os.RemoveAll(built.dir)
+	}
+	os.Exit(code)
 }
 
 func jsonField(line, key string) string {
