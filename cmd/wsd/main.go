@@ -14,7 +14,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -181,46 +180,20 @@ func writeRuntimeMetrics(w io.Writer) {
 	}
 }
 
-// writeMetadataOnce copies the exposition b to w with at most one # HELP
-// and one # TYPE line per metric family, the first of each. With
-// ExposeMetadata on, VictoriaMetrics' helpers write both before every
-// sample, so a family with labels written one label set at a time (the
-// engine's wsd_handshake_failures_total{reason=...}) would repeat them,
-// and Prometheus rejects a scrape with a second TYPE line for a family. A
-// family that writes its own HELP, with text, before its samples keeps it.
-func writeMetadataOnce(w io.Writer, b []byte) {
-	seen := make(map[string]bool)
-	var out bytes.Buffer
-	out.Grow(len(b))
-	for line := range bytes.Lines(b) {
-		if bytes.HasPrefix(line, []byte("# HELP ")) || bytes.HasPrefix(line, []byte("# TYPE ")) {
-			if f := bytes.Fields(line); len(f) >= 3 {
-				key := string(f[1]) + " " + string(f[2]) // "TYPE go_goroutines"
-				if seen[key] {
-					continue
-				}
-				seen[key] = true
-			}
-		}
-		out.Write(line)
-	}
-	w.Write(out.Bytes())
-}
-
 // adminMux serves the admin endpoints.
 func adminMux(srv *engine.Server) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
-		var b bytes.Buffer
-		srv.WriteMetrics(&b)
-		writeRuntimeMetrics(&b)
-		metrics.WritePrometheus(&b, true)
+		// Every family writes its own HELP and TYPE once: the engine's with
+		// text, VictoriaMetrics' (ExposeMetadata) without.
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		srv.WriteMetrics(w)
+		writeRuntimeMetrics(w)
+		metrics.WritePrometheus(w, true)
 		// Each connection holds a descriptor, so open against allowed is
 		// how near wsd is to refusing connections. Counting them reads
 		// /proc/self/fd, an entry per connection: fine once per scrape.
-		metrics.WriteFDMetrics(&b)
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		writeMetadataOnce(w, b.Bytes())
+		metrics.WriteFDMetrics(w)
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")
