@@ -5,15 +5,14 @@ package protocol
 import "github.com/mailru/easyjson"
 
 // Inbound is a client message: {"type":…,"id":…,"data":…}. Type points into
-// the message being decoded (nocopy) and Data and ID are raw JSON slices of
-// it: all are valid only while the message is handled. Unknown fields are
-// ignored, so clients may send fields that later versions understand.
-//
-//easyjson:json
+// the message being decoded and Data and ID are raw JSON slices of it (an
+// explicit null is kept as null): all are valid only while the message is
+// handled. Unknown fields are ignored, so clients may send fields that
+// later versions understand. Its decoder is hand-written (inbound.go).
 type Inbound struct {
-	Type string              `json:"type,nocopy"`
-	ID   easyjson.RawMessage `json:"id,omitempty"`
-	Data easyjson.RawMessage `json:"data,omitempty"`
+	Type string
+	ID   easyjson.RawMessage
+	Data easyjson.RawMessage
 }
 
 // Reply is a server message carrying data: echo_reply and broadcast.

@@ -90,80 +90,7 @@ func (v Reply) MarshalEasyJSON(w *jwriter.Writer) {
 func (v *Reply) UnmarshalEasyJSON(l *jlexer.Lexer) {
 	easyjson11af3d8cDecodeGithubComWsdprojectWsdProtocol(l, v)
 }
-func easyjson11af3d8cDecodeGithubComWsdprojectWsdProtocol1(in *jlexer.Lexer, out *Inbound) {
-	isTopLevel := in.IsStart()
-	if in.IsNull() {
-		if isTopLevel {
-			in.Consumed()
-		}
-		in.Skip()
-		return
-	}
-	in.Delim('{')
-	for !in.IsDelim('}') {
-		key := in.UnsafeFieldName(false)
-		in.WantColon()
-		switch key {
-		case "type":
-			if in.IsNull() {
-				in.Skip()
-			} else {
-				out.Type = string(in.UnsafeString())
-			}
-		case "id":
-			if in.IsNull() {
-				in.Skip()
-			} else {
-				(out.ID).UnmarshalEasyJSON(in)
-			}
-		case "data":
-			if in.IsNull() {
-				in.Skip()
-			} else {
-				(out.Data).UnmarshalEasyJSON(in)
-			}
-		default:
-			in.SkipRecursive()
-		}
-		in.WantComma()
-	}
-	in.Delim('}')
-	if isTopLevel {
-		in.Consumed()
-	}
-}
-func easyjson11af3d8cEncodeGithubComWsdprojectWsdProtocol1(out *jwriter.Writer, in Inbound) {
-	out.RawByte('{')
-	first := true
-	_ = first
-	{
-		const prefix string = ",\"type\":"
-		out.RawString(prefix[1:])
-		out.String(string(in.Type))
-	}
-	if (in.ID).IsDefined() {
-		const prefix string = ",\"id\":"
-		out.RawString(prefix)
-		(in.ID).MarshalEasyJSON(out)
-	}
-	if (in.Data).IsDefined() {
-		const prefix string = ",\"data\":"
-		out.RawString(prefix)
-		(in.Data).MarshalEasyJSON(out)
-	}
-	out.RawByte('}')
-}
-
-// MarshalEasyJSON supports easyjson.Marshaler interface
-func (v Inbound) MarshalEasyJSON(w *jwriter.Writer) {
-	easyjson11af3d8cEncodeGithubComWsdprojectWsdProtocol1(w, v)
-}
-
-// UnmarshalEasyJSON supports easyjson.Unmarshaler interface
-func (v *Inbound) UnmarshalEasyJSON(l *jlexer.Lexer) {
-	easyjson11af3d8cDecodeGithubComWsdprojectWsdProtocol1(l, v)
-}
-func easyjson11af3d8cDecodeGithubComWsdprojectWsdProtocol2(in *jlexer.Lexer, out *Error) {
+func easyjson11af3d8cDecodeGithubComWsdprojectWsdProtocol1(in *jlexer.Lexer, out *Error) {
 	isTopLevel := in.IsStart()
 	if in.IsNull() {
 		if isTopLevel {
@@ -211,7 +138,7 @@ func easyjson11af3d8cDecodeGithubComWsdprojectWsdProtocol2(in *jlexer.Lexer, out
 		in.Consumed()
 	}
 }
-func easyjson11af3d8cEncodeGithubComWsdprojectWsdProtocol2(out *jwriter.Writer, in Error) {
+func easyjson11af3d8cEncodeGithubComWsdprojectWsdProtocol1(out *jwriter.Writer, in Error) {
 	out.RawByte('{')
 	first := true
 	_ = first
@@ -240,10 +167,10 @@ func easyjson11af3d8cEncodeGithubComWsdprojectWsdProtocol2(out *jwriter.Writer, 
 
 // MarshalEasyJSON supports easyjson.Marshaler interface
 func (v Error) MarshalEasyJSON(w *jwriter.Writer) {
-	easyjson11af3d8cEncodeGithubComWsdprojectWsdProtocol2(w, v)
+	easyjson11af3d8cEncodeGithubComWsdprojectWsdProtocol1(w, v)
 }
 
 // UnmarshalEasyJSON supports easyjson.Unmarshaler interface
 func (v *Error) UnmarshalEasyJSON(l *jlexer.Lexer) {
-	easyjson11af3d8cDecodeGithubComWsdprojectWsdProtocol2(l, v)
+	easyjson11af3d8cDecodeGithubComWsdprojectWsdProtocol1(l, v)
 }

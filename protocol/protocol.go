@@ -16,7 +16,6 @@ package protocol
 import (
 	"sync"
 
-	"github.com/mailru/easyjson/jlexer"
 	"github.com/mailru/easyjson/jwriter"
 
 	"github.com/wsdproject/wsd/engine"
@@ -64,10 +63,8 @@ func (Handler) OnMessage(c engine.Conn, op frame.OpCode, data []byte) {
 		return
 	}
 	var in Inbound
-	lex := jlexer.Lexer{Data: data}
-	in.UnmarshalEasyJSON(&lex)
-	if err := lex.Error(); err != nil {
-		sendError(c, nil, CodeInvalidMessageFormat, "message is not a valid JSON object")
+	if err := in.decode(data); err != nil {
+		sendError(c, in.ID, CodeInvalidMessageFormat, err.Error())
 		return
 	}
 	switch in.Type {
@@ -75,8 +72,6 @@ func (Handler) OnMessage(c engine.Conn, op frame.OpCode, data []byte) {
 		sendReply(c, false, Reply{Type: TypeEchoReply, ID: in.ID, Data: in.Data})
 	case TypeBroadcast:
 		sendReply(c, true, Reply{Type: TypeBroadcast, Data: in.Data})
-	case "":
-		sendError(c, in.ID, CodeInvalidMessageFormat, `missing "type"`)
 	default:
 		sendError(c, in.ID, CodeUnknownMessageType, "unknown message type")
 	}

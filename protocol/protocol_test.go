@@ -45,6 +45,9 @@ func TestEcho(t *testing.T) {
 		{`{ "data" : [ 1.50, 2e3 , "\u00e9" ] , "type" : "echo" }`, `{"type":"echo_reply","data":[ 1.50, 2e3 , "\u00e9" ]}`},
 		{`{"type":"echo","id":42,"data":"hi"}`, `{"type":"echo_reply","id":42,"data":"hi"}`},
 		{`{"type":"echo","id":"req-7"}`, `{"type":"echo_reply","id":"req-7"}`},
+		// An explicit null is data too; an absent data stays absent.
+		{`{"type":"echo","data":null}`, `{"type":"echo_reply","data":null}`},
+		{`{"type":"echo","id":1,"data": null }`, `{"type":"echo_reply","id":1,"data":null}`},
 		{`{"type":"echo","data":"κόσμε","extra":{"ignored":true}}`, `{"type":"echo_reply","data":"κόσμε"}`},
 	}
 	for _, tc := range cases {
@@ -68,7 +71,8 @@ func TestErrors(t *testing.T) {
 		{frame.OpText, `[1,2]`, invalid},
 		{frame.OpText, `"echo"`, invalid},
 		{frame.OpText, `{"type":"echo"} trailing`, invalid},
-		{frame.OpText, `{"type":7}`, invalid},
+		{frame.OpText, `{"type":7}`, `{"type":"error","code":"INVALID_MESSAGE_FORMAT","message":"\"type\" must be a string"}`},
+		{frame.OpText, `{"type":null,"id":3}`, `{"type":"error","id":3,"code":"INVALID_MESSAGE_FORMAT","message":"\"type\" must be a string"}`},
 		{frame.OpText, ``, invalid},
 		{frame.OpText, `{"data":1}`, `{"type":"error","code":"INVALID_MESSAGE_FORMAT","message":"missing \"type\""}`},
 		{frame.OpText, `{"type":"launch","id":"x1"}`, `{"type":"error","id":"x1","code":"UNKNOWN_MESSAGE_TYPE","message":"unknown message type"}`},
@@ -130,12 +134,29 @@ func TestBroadcastCompressed(t *testing.T) {
 	if !z.Deflate || plain.Deflate {
 		t.Fatalf("deflate negotiated: %v / %v", z.Deflate, plain.Deflate)
 	}
-	data := `"` + string(make([]byte, 0)) + `this text repeats, this text repeats, this text repeats, this text repeats"`
+	data := `"this text repeats, this text repeats, this text repeats, this text repeats"`
 	z.SendCompressed(frame.OpText, []byte(`{"type":"broadcast","data":`+data+`}`))
 	want := `{"type":"broadcast","data":` + data + `}`
 	for _, c := range []*wstest.Client{z, plain} {
-		if _, got, err := c.ReadMessage(); err != nil || string(got) != want {
-			t.Fatalf("got %q %v", got, err)
+		h, p, err := c.ReadFrame()
+		if err != nil || !h.Fin || h.OpCode != frame.OpText {
+			t.Fatalf("frame %+v, %v", h, err)
+		}
+		// The compressed client gets the compressed frame, the other the plain one.
+		if compressed := h.Rsv&frame.Rsv1 != 0; compressed != c.Deflate {
+			t.Fatalf("RSV1 %v for a client with deflate %v", compressed, c.Deflate)
+		}
+		if c.Deflate {
+			if len(p) >= len(want) {
+				t.Fatalf("compressed frame of %d bytes for a %d-byte message", len(p), len(want))
+			}
+			var zr frame.Inflater
+			if p, err = zr.Inflate(nil, p, 1<<20); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if string(p) != want {
+			t.Fatalf("got %q", p)
 		}
 	}
 }
