@@ -46,9 +46,17 @@ const (
 // no per-connection state.
 type Handler struct{}
 
+// replyWriter encodes replies. joined holds a reply that spilled over
+// several of the encoder's chunks, joined into one slice: reused, so that
+// large replies and broadcasts leave no garbage behind.
+type replyWriter struct {
+	jwriter.Writer
+	joined []byte
+}
+
 // writers hold reply encoders: sync.Pool keeps one per P, so loops neither
 // allocate nor contend for them.
-var writers = sync.Pool{New: func() any { return new(jwriter.Writer) }}
+var writers = sync.Pool{New: func() any { return new(replyWriter) }}
 
 // OnOpen does nothing: the protocol has no greeting.
 func (Handler) OnOpen(engine.Conn) {}
@@ -78,21 +86,22 @@ func (Handler) OnMessage(c engine.Conn, op frame.OpCode, data []byte) {
 }
 
 func sendReply(c engine.Conn, broadcast bool, r Reply) {
-	w := writers.Get().(*jwriter.Writer)
-	r.MarshalEasyJSON(w)
+	w := writers.Get().(*replyWriter)
+	r.MarshalEasyJSON(&w.Writer)
 	send(c, w, broadcast)
 }
 
 func sendError(c engine.Conn, id []byte, code, message string) {
-	w := writers.Get().(*jwriter.Writer)
-	(&Error{Type: TypeError, ID: id, Code: code, Message: message}).MarshalEasyJSON(w)
+	w := writers.Get().(*replyWriter)
+	(&Error{Type: TypeError, ID: id, Code: code, Message: message}).MarshalEasyJSON(&w.Writer)
 	send(c, w, false)
 }
 
-func send(c engine.Conn, w *jwriter.Writer, broadcast bool) {
+func send(c engine.Conn, w *replyWriter, broadcast bool) {
 	out := w.Buffer.Buf
 	if w.Buffer.Size() != len(out) {
-		out = w.Buffer.BuildBytes() // a large reply that spilled over several chunks
+		w.joined = w.Buffer.BuildBytes(w.joined[:0])
+		out = w.joined
 	}
 	if broadcast {
 		c.Broadcast(frame.OpText, out)
@@ -103,6 +112,9 @@ func send(c engine.Conn, w *jwriter.Writer, broadcast bool) {
 	w.Error = nil
 	if cap(w.Buffer.Buf) > 64<<10 {
 		w.Buffer.Buf = nil
+	}
+	if cap(w.joined) > 1<<20 {
+		w.joined = nil
 	}
 	writers.Put(w)
 }
