@@ -41,6 +41,7 @@ fuzz:
 	$(GO) test ./frame -run '^$$' -fuzz '^FuzzUTF8$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./frame -run '^$$' -fuzz '^FuzzInflate$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./engine -run '^$$' -fuzz '^FuzzHandshake$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./protocol -run '^$$' -fuzz '^FuzzInbound$$' -fuzztime $(FUZZTIME)
 
 ## bench: allocation and speed benchmarks of the hot paths
 bench:

@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"encoding/json"
 	"errors"
 
 	"github.com/mailru/easyjson/jlexer"
@@ -46,6 +47,11 @@ func (in *Inbound) decode(data []byte) error {
 	lex.Consumed()
 	switch {
 	case lex.Error() != nil:
+		return errNotObject
+	// The lexer skips over values without checking all of their syntax
+	// (a raw control character in a string passes): what is passed on to
+	// other clients must be JSON they can parse.
+	case len(in.Data) > 0 && !json.Valid(in.Data), len(in.ID) > 0 && !json.Valid(in.ID):
 		return errNotObject
 	case typeKind == jlexer.TokenUndef:
 		return errNoType

@@ -71,6 +71,8 @@ func TestErrors(t *testing.T) {
 		{frame.OpText, `[1,2]`, invalid},
 		{frame.OpText, `"echo"`, invalid},
 		{frame.OpText, `{"type":"echo"} trailing`, invalid},
+		{frame.OpText, "{\"type\":\"broadcast\",\"data\":\"\x01\"}", invalid}, // a raw control character
+		{frame.OpText, `{"type":"echo","id":[1,],"data":1}`, invalid},
 		{frame.OpText, `{"type":7}`, `{"type":"error","code":"INVALID_MESSAGE_FORMAT","message":"\"type\" must be a string"}`},
 		{frame.OpText, `{"type":null,"id":3}`, `{"type":"error","id":3,"code":"INVALID_MESSAGE_FORMAT","message":"\"type\" must be a string"}`},
 		{frame.OpText, ``, invalid},
