@@ -27,6 +27,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -147,10 +148,15 @@ func slow(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	if r.StoppedBy == "interrupted" {
-		return errors.New("interrupted")
+	// Stopping by -duration, -count or -max-rss is a run that went as
+	// planned; anything else (a signal, -timeout, a broken broadcaster)
+	// leaves partial figures and says so in the exit status.
+	for _, ok := range []string{"duration", "count", "max-rss"} {
+		if strings.HasPrefix(r.StoppedBy, ok) && !strings.Contains(r.StoppedBy, "; then ") {
+			return nil
+		}
 	}
-	return nil
+	return fmt.Errorf("the broadcast phase ended early (%s); the figures above are partial", r.StoppedBy)
 }
 
 // isTerminal reports whether f is a terminal (a character device such as
