@@ -36,7 +36,7 @@ type SlowOptions struct {
 	Duration    time.Duration // length of the broadcast phase
 	Interval    time.Duration // sample period
 	Timeout     time.Duration // bound on the whole run
-	MaxRSS      float64       // stop broadcasting once the server's RSS passes this many bytes; 0: half the host's memory; negative: never
+	MaxRSS      float64       // stop broadcasting once the server's RSS, plus what the broadcasts in flight may add, passes this many bytes; 0: half the host's memory; negative: never
 	Source      net.IP        // first source address; connection k dials from Source + k/10000
 	Concurrency int           // dials in flight while opening
 	Progress    io.Writer     // live progress (nil: none)
@@ -472,13 +472,22 @@ func (s *slowRun) broadcastPhase(ctx, parent context.Context, tag string, tokens
 			// Every tick checks the server's RSS against MaxRSS; a sample
 			// is kept (and printed) once per Interval.
 			smp := s.sample(ctx, "run")
-			over := o.MaxRSS > 0 && smp.RSS != nil && *smp.RSS > o.MaxRSS
+			// A server that queues every broadcast for every connection
+			// will still queue the broadcasts on their way (sent, not yet
+			// back at the broadcaster) after we stop: count them in.
+			var rss, pending float64
+			if smp.RSS != nil {
+				rss = *smp.RSS
+				pending = float64(smp.Sent-smp.BroadcasterGot) * float64(s.r.NonReaders+o.Readers+1) * float64(o.Size+64)
+			}
+			over := o.MaxRSS > 0 && smp.RSS != nil && rss+pending > o.MaxRSS
 			if over || now.Sub(last) >= o.Interval-guard/2 {
 				last = now
 				s.keep(smp)
 			}
 			if over {
-				stopped = fmt.Sprintf("max-rss (server RSS %.0f MiB > %.0f MiB)", *smp.RSS/(1<<20), o.MaxRSS/(1<<20))
+				stopped = fmt.Sprintf("max-rss (server RSS %.0f MiB + up to %.0f MiB for the broadcasts in flight > %.0f MiB)",
+					rss/(1<<20), pending/(1<<20), o.MaxRSS/(1<<20))
 			}
 		}
 	}
