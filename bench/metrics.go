@@ -2,7 +2,9 @@ package bench
 
 import (
 	"bufio"
+	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strconv"
@@ -117,4 +119,78 @@ func sockstatTCP() (inuse, mem float64) {
 		}
 	}
 	return inuse, mem
+}
+
+// Metrics is one scrape of a Prometheus text page: each series under its
+// name as written, labels included (`wsd_slow_consumer_total{action="close"}`).
+type Metrics map[string]float64
+
+// Get returns a series' value, or nil when the page does not have it: an
+// absent metric is "not known", never zero.
+func (m Metrics) Get(series string) *float64 {
+	v, ok := m[series]
+	if !ok {
+		return nil
+	}
+	return &v
+}
+
+// ScrapeMetrics reads every series on the server's /metrics at adminURL,
+// giving up after timeout.
+func ScrapeMetrics(ctx context.Context, adminURL string, timeout time.Duration) (Metrics, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(adminURL, "/")+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s: %w", adminURL, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("scrape %s: %s", adminURL, resp.Status)
+	}
+	m, err := parseMetrics(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s: %w", adminURL, err)
+	}
+	return m, nil
+}
+
+// parseMetrics reads the Prometheus text format: `series value [timestamp]`
+// lines, where the series may carry labels in braces (whose values may hold
+// spaces).
+func parseMetrics(r io.Reader) (Metrics, error) {
+	m := Metrics{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		end := strings.IndexAny(line, " {")
+		if end < 0 {
+			continue
+		}
+		if line[end] == '{' {
+			rb := strings.LastIndexByte(line, '}')
+			if rb < end {
+				continue
+			}
+			end = rb + 1
+		}
+		f := strings.Fields(line[end:])
+		if len(f) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			continue
+		}
+		m[line[:end]] = v
+	}
+	return m, sc.Err()
 }

@@ -7,20 +7,31 @@
 // neither one process's file limit nor one address's ephemeral ports caps
 // N), holds them, and prints what they cost: the server's RSS and Go heap
 // growth and the host's kernel slab growth per connection, and the
-// server's CPU use while they sit idle. See bench/README.md.
+// server's CPU use while they sit idle.
+//
+//	wsbench slow -n 5000 [-readers 10] [-size 16384] [-rate 200] [-duration 30s]
+//
+// opens N clients that never read, a few fast readers and a broadcaster,
+// broadcasts for a while, and prints the server's RSS over time, what its
+// slow-consumer policy did (when it exports those metrics), and whether the
+// fast readers still got every broadcast. See bench/README.md.
 package main
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
 	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/wsdproject/wsd/bench"
 )
@@ -28,19 +39,28 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	go func() {
+		<-ctx.Done()
+		stop() // the first signal stops the run cleanly; a second one kills at once
+	}()
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: wsbench idle [flags]   (wsbench idle -h for the flags)")
+		fmt.Fprintln(os.Stderr, "usage: wsbench idle|slow [flags]   (wsbench idle -h, wsbench slow -h for the flags)")
 		os.Exit(2)
 	}
 	var err error
 	switch os.Args[1] {
 	case "idle":
 		err = idle(ctx, os.Args[2:])
+	case "slow":
+		err = slow(ctx, os.Args[2:])
 	case "idle-worker":
 		err = idleWorker(ctx, os.Args[2:])
 	default:
-		fmt.Fprintf(os.Stderr, "wsbench: unknown command %q (want idle)\n", os.Args[1])
+		fmt.Fprintf(os.Stderr, "wsbench: unknown command %q (want idle or slow)\n", os.Args[1])
 		os.Exit(2)
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "wsbench: %v\n", err)
@@ -83,6 +103,67 @@ func idle(ctx context.Context, args []string) error {
 		}
 	}
 	return nil
+}
+
+func slow(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("wsbench slow", flag.ContinueOnError)
+	var o bench.SlowOptions
+	var source, jsonOut string
+	var maxRSS int
+	fs.StringVar(&o.URL, "url", "ws://127.0.0.1:8080/ws", "WebSocket URL of the running wsd's JSON protocol endpoint")
+	fs.StringVar(&o.Admin, "admin", "http://127.0.0.1:9090", "admin URL of the running wsd (its /metrics is read)")
+	fs.IntVar(&o.N, "n", 5000, "clients that upgrade and then never read")
+	fs.IntVar(&o.Readers, "readers", 10, "fast readers that read and count every broadcast")
+	fs.IntVar(&o.Size, "size", 16384, "bytes of each broadcast's data (a JSON string)")
+	fs.Float64Var(&o.Rate, "rate", 200, "broadcasts per second (0: as fast as -window allows)")
+	fs.IntVar(&o.Window, "window", 16, "most broadcasts on their way back to the broadcaster (it reads its own copies)")
+	fs.IntVar(&o.Count, "count", 0, "stop after this many broadcasts (0: only -duration stops)")
+	fs.DurationVar(&o.Duration, "duration", 30*time.Second, "length of the broadcast phase")
+	fs.DurationVar(&o.Interval, "interval", time.Second, "sample period")
+	fs.DurationVar(&o.Timeout, "timeout", 3*time.Minute, "bound on the whole run")
+	fs.IntVar(&maxRSS, "max-rss", 0, "stop broadcasting once the server's RSS, plus what the broadcasts in flight may add, passes this many MiB (0: half of this host's memory; -1: never)")
+	fs.StringVar(&source, "source", "127.0.0.2", "source address; every further 10,000 connections use the next address")
+	fs.IntVar(&o.Concurrency, "concurrency", 64, "dials in flight while opening")
+	fs.StringVar(&jsonOut, "json", "", "also write the result, with every sample, as JSON to this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	o.Source = net.ParseIP(source)
+	if o.Source == nil {
+		return fmt.Errorf("bad -source %q", source)
+	}
+	if maxRSS != 0 {
+		o.MaxRSS = float64(maxRSS) * (1 << 20)
+	}
+	o.Progress = os.Stderr
+	o.Terminal = isTerminal(os.Stderr)
+	r, err := bench.RunSlow(ctx, o)
+	if err != nil {
+		return err
+	}
+	r.Print(os.Stdout)
+	if jsonOut != "" {
+		b, _ := json.MarshalIndent(r, "", "  ")
+		if err := os.WriteFile(jsonOut, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	// Stopping by -duration, -count or -max-rss is a run that went as
+	// planned; anything else (a signal, -timeout, a broken broadcaster)
+	// leaves partial figures and says so in the exit status.
+	for _, ok := range []string{"duration", "count", "max-rss"} {
+		if strings.HasPrefix(r.StoppedBy, ok) && !strings.Contains(r.StoppedBy, "; then ") {
+			return nil
+		}
+	}
+	return fmt.Errorf("the broadcast phase ended early (%s); the figures above are partial", r.StoppedBy)
+}
+
+// isTerminal reports whether f is a terminal (a character device such as
+// /dev/null is not).
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 func idleWorker(ctx context.Context, args []string) error {
