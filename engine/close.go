@@ -100,7 +100,9 @@ func (l *loop) connGone(c gnet.Conn, ss *session.Session, err error) {
 	l.wheel.Cancel(ss.Self)
 	ss.State = session.Gone
 	if l.cur == ss {
+		// Its batch goes with it: nothing of it may reach another connection.
 		l.cur = nil
+		l.out = l.out[:0]
 	}
 	l.gone = append(l.gone, goneConn{idx: ss.Self, opened: opened, addr: c.RemoteAddr(), err: err})
 	if l.depth == 0 {

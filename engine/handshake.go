@@ -272,7 +272,7 @@ func (l *loop) handshake(c gnet.Conn, ss *session.Session) gnet.Action {
 		ss.Flags |= session.FlagDeflate
 		ss.Window = res.window
 	}
-	l.metrics.bytesOut.add(uint64(len(res.response)))
+	l.account(ss, len(res.response))
 	_, _ = c.Write(res.response)
 	if ss.State == session.Gone {
 		return gnet.None

@@ -117,3 +117,22 @@ func BenchmarkHandshake(b *testing.B) {
 		}
 	}
 }
+
+// TestHandshakeAllocs holds the handshake to the 3 allocations the README
+// quotes (gobwas/ws's header parsing; the response buffer is reused).
+func TestHandshakeAllocs(t *testing.T) {
+	h := testHandshaker(true)
+	req := []byte(wstest.UpgradeRequest("/ws", "Origin: http://example.com", "Sec-WebSocket-Protocol: wsd.json",
+		"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits", "User-Agent: Mozilla/5.0 (X11; Linux x86_64)"))
+	if n := testing.AllocsPerRun(200, func() {
+		if res := h.upgrade(req); !res.ok {
+			t.Fatal(string(res.response))
+		}
+	}); n > 3 {
+		t.Fatalf("handshake: %v allocs, want at most 3", n)
+	}
+	bad := []byte(strings.Replace(string(req), "GET", "POST", 1))
+	if n := testing.AllocsPerRun(200, func() { h.upgrade(bad) }); n > 3 {
+		t.Fatalf("refused handshake: %v allocs, want at most 3", n)
+	}
+}

@@ -182,7 +182,7 @@ func (l *loop) traffic(c gnet.Conn, ss *session.Session) gnet.Action {
 		case session.Handshaking:
 			return gnet.None // the request is not all here yet
 		case session.Gone:
-			return gnet.None // the connection died writing the 101
+			return l.flush(c, ss) // it died writing the 101 or in OnOpen
 		}
 		// Upgraded: OnOpen has run and may have written (or closed); what
 		// it wrote is in l.out, and the frames that came with the request

@@ -257,6 +257,7 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	if s.draining.Load() {
 		l.metrics.accepted.inc()
 		l.metrics.handshakeFailures[failDraining].inc()
+		l.metrics.bytesOut.add(uint64(len(respDraining)))
 		return respDraining, gnet.Close
 	}
 	return l.open(c)

@@ -83,3 +83,37 @@ func BenchmarkParseHeader(b *testing.B) {
 		}
 	}
 }
+
+// TestZeroAllocs enforces the "0 allocs" claims of the frame hot paths:
+// echo (parse, unmask, validate, append the reply), a message assembled
+// from fragments (pooled buffer), and writing a frame.
+func TestZeroAllocs(t *testing.T) {
+	payload := []byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+	whole := AppendMaskedFrame(nil, true, OpText, 0, testMask, payload)
+	p16 := string(payload[:16])
+	fragmented := cat(cf(false, OpText, p16), cf(false, OpContinuation, p16), cf(false, OpContinuation, p16), cf(true, OpContinuation, p16))
+	var (
+		d   Decoder
+		src memSource
+		out = make([]byte, 0, 256)
+	)
+	src.buf = make([]byte, 0, 256)
+	for name, wire := range map[string][]byte{"whole": whole, "fragmented": fragmented} {
+		n := testing.AllocsPerRun(1000, func() {
+			src.buf = append(src.buf[:0], wire...)
+			src.off = 0
+			ev, err := d.Next(&src, defaultLimits)
+			if err != nil || ev.Kind != KindMessage || len(ev.Payload) != 64 {
+				t.Fatal(ev, err)
+			}
+			out = AppendFrame(out[:0], ev.Op, 0, ev.Payload)
+			d.Next(&src, defaultLimits)
+		})
+		if n != 0 {
+			t.Errorf("echo of a %s 64-byte message: %v allocs", name, n)
+		}
+	}
+	if n := testing.AllocsPerRun(1000, func() { out = AppendFrame(out[:0], OpBinary, 0, payload) }); n != 0 {
+		t.Errorf("AppendFrame: %v allocs", n)
+	}
+}
