@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -88,28 +86,11 @@ func reader(c *wstest.Client, want int) (<-chan uint32, <-chan error) {
 func publish(t *testing.T, pub *wstest.Client, from, n, size, window int, readers ...<-chan uint32) {
 	t.Helper()
 	got := make([]int, len(readers))
-	for i := from; i < from+n; i++ {
-		for r, ch := range readers {
-			for got[r] < i-from-window {
-				select {
-				case seq := <-ch:
-					if int(seq) != from+got[r] {
-						t.Fatalf("reader %d got broadcast %d, want %d", r, seq, from+got[r])
-					}
-					got[r]++
-				case <-time.After(wstest.Timeout):
-					t.Fatalf("reader %d stuck at %d of %d", r, got[r], n)
-				}
-			}
-		}
-		if err := pub.Send(frame.OpBinary, seqMsg(i, size)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for r, ch := range readers {
-		for got[r] < n {
+	// wait takes reader r's numbers, checking their order, until it has k.
+	wait := func(r, k int) {
+		for got[r] < k {
 			select {
-			case seq := <-ch:
+			case seq := <-readers[r]:
 				if int(seq) != from+got[r] {
 					t.Fatalf("reader %d got broadcast %d, want %d", r, seq, from+got[r])
 				}
@@ -118,6 +99,17 @@ func publish(t *testing.T, pub *wstest.Client, from, n, size, window int, reader
 				t.Fatalf("reader %d stuck at %d of %d", r, got[r], n)
 			}
 		}
+	}
+	for i := from; i < from+n; i++ {
+		for r := range readers {
+			wait(r, i-from-window)
+		}
+		if err := pub.Send(frame.OpBinary, seqMsg(i, size)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for r := range readers {
+		wait(r, n)
 	}
 }
 
@@ -294,24 +286,6 @@ func writeHead(w io.Writer, r *wstest.HTTPResponse) error {
 	return err
 }
 
-// syncBuffer is a log sink safe for the loops' goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // boom panics on "boom" and echoes anything else.
 type boom struct{ engine.Echo }
 
@@ -325,7 +299,7 @@ func (boom) OnMessage(c engine.Conn, op frame.OpCode, data []byte) {
 // TestHandlerPanic: a panicking handler closes its connection with 1011,
 // logs the panic with the connection's id, and the server goes on.
 func TestHandlerPanic(t *testing.T) {
-	var logs syncBuffer
+	var logs testserver.SyncBuffer
 	s := testserver.Start(t, engine.Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))},
 		testserver.Route{Path: "/boom", Handler: boom{}})
 	addr := s.Addr().String()
@@ -345,5 +319,3 @@ func TestHandlerPanic(t *testing.T) {
 		t.Fatal("panic not counted")
 	}
 }
-
-var _ = net.Dial

@@ -25,33 +25,16 @@ import (
 
 	"github.com/wsdproject/wsd/engine"
 	"github.com/wsdproject/wsd/frame"
+	"github.com/wsdproject/wsd/internal/testserver"
 	"github.com/wsdproject/wsd/internal/wstest"
 )
 
-// syncBuffer is a bytes.Buffer that wsd may write while a test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func startRun(t *testing.T, args ...string) (ws, admin string, stop func() int, stderr *syncBuffer) {
+func startRun(t *testing.T, args ...string) (ws, admin string, stop func() int, stderr *testserver.SyncBuffer) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan [2]string, 1)
 	done := make(chan int, 1)
-	stderr = &syncBuffer{}
+	stderr = &testserver.SyncBuffer{}
 	go func() {
 		done <- run(ctx, args, io.Discard, stderr, func(s *engine.Server, a net.Addr) {
 			ready <- [2]string{s.Addr().String(), a.String()}

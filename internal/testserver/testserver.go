@@ -3,10 +3,12 @@
 package testserver
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -63,4 +65,23 @@ func Start(t testing.TB, cfg engine.Config, routes ...Route) *engine.Server {
 		}
 	})
 	return s
+}
+
+// SyncBuffer is a bytes.Buffer that a server may write (logs, from its
+// loops' goroutines) while a test reads it.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -96,13 +96,7 @@ func idle(ctx context.Context, args []string) error {
 		return err
 	}
 	r.Print(os.Stdout)
-	if jsonOut != "" {
-		b, _ := json.MarshalIndent(r, "", "  ")
-		if err := os.WriteFile(jsonOut, append(b, '\n'), 0o644); err != nil {
-			return err
-		}
-	}
-	return nil
+	return writeJSON(jsonOut, r)
 }
 
 func slow(ctx context.Context, args []string) error {
@@ -142,11 +136,8 @@ func slow(ctx context.Context, args []string) error {
 		return err
 	}
 	r.Print(os.Stdout)
-	if jsonOut != "" {
-		b, _ := json.MarshalIndent(r, "", "  ")
-		if err := os.WriteFile(jsonOut, append(b, '\n'), 0o644); err != nil {
-			return err
-		}
+	if err := writeJSON(jsonOut, r); err != nil {
+		return err
 	}
 	// Stopping by -duration, -count or -max-rss is a run that went as
 	// planned; anything else (a signal, -timeout, a broken broadcaster)
@@ -157,6 +148,18 @@ func slow(ctx context.Context, args []string) error {
 		}
 	}
 	return fmt.Errorf("the broadcast phase ended early (%s); the figures above are partial", r.StoppedBy)
+}
+
+// writeJSON writes a run's result to path as indented JSON ("": nowhere).
+func writeJSON(path string, v any) error {
+	if path == "" {
+		return nil
+	}
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
 // isTerminal reports whether f is a terminal (a character device such as
