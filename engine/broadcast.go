@@ -34,9 +34,14 @@ import (
 //   - Slow consumers: a receiver over its outbound mark is skipped (and
 //     counted) under SlowConsumerDrop, or closed with 1013 under
 //     SlowConsumerClose; nobody else waits for it.
-//   - Errors: ErrServerClosed once Shutdown has begun (nothing is sent), or
-//     an unknown path. A nil error means every loop has the message queued,
-//     not that anyone has read it.
+//   - Back-pressure: a broadcast that would take any loop's queue of
+//     broadcasts still to deliver past MaxBroadcastBacklog is refused with
+//     ErrBacklog, and nothing is sent: the caller decides (tell its client
+//     to retry later, wait). A broadcast is delivered everywhere or refused,
+//     never sent to some loops and not others, except at shutdown.
+//   - Errors: ErrServerClosed once Shutdown has begun (nothing is sent),
+//     ErrBacklog, or an unknown path. A nil error means every loop has the
+//     message queued, not that anyone has read it.
 func (s *Server) Broadcast(path string, op frame.OpCode, payload []byte) error {
 	for i := range s.routes {
 		if s.routes[i].path == path {
@@ -60,6 +65,11 @@ var broadcastPool = sync.Pool{New: func() any { return new(broadcastMsg) }}
 
 // maxPooledFrame is the largest frame buffer a pooled message keeps.
 const maxPooledFrame = 64 << 10
+
+// size is what the message counts for while it waits in an inbox: its
+// frames and a slot's worth of overhead (its buffers come from a pool and
+// may be larger, up to maxPooledFrame).
+func (b *broadcastMsg) size() int { return len(b.plain) + len(b.compressed) + 128 }
 
 func (b *broadcastMsg) release() {
 	if b.refs.Add(-1) != 0 {
@@ -91,6 +101,17 @@ func (s *Server) broadcast(from *loop, routeIdx int, op frame.OpCode, payload []
 	b.compressed = b.compressed[:0]
 	if s.cfg.Compression && len(payload) >= s.cfg.CompressionMinBytes {
 		s.compressBroadcast(from, b, op, payload)
+	}
+	// Refuse, before any loop has it, a message a loop has no room for.
+	// (Concurrent broadcasts may each pass this check: a loop's backlog can
+	// go over by what they add at once, a bounded amount.)
+	size := b.size()
+	for i := range n {
+		if l := s.loops[i].Load(); l != from && l.inbox.bytes.Load() > int64(s.cfg.MaxBroadcastBacklog-size) {
+			broadcastPool.Put(b)
+			s.refusedBacklog.Add(1)
+			return ErrBacklog
+		}
 	}
 	b.refs.Store(int32(n))
 	var err error
@@ -141,10 +162,12 @@ type inbox struct {
 	q     []*broadcastMsg
 	spare []*broadcastMsg // the drained queue's array, for reuse
 	armed bool            // a drain task is queued on the loop
+	bytes atomic.Int64    // what the queued messages hold, for MaxBroadcastBacklog
 }
 
 // post queues b for the loop; any goroutine.
 func (l *loop) post(b *broadcastMsg) error {
+	l.inbox.bytes.Add(int64(b.size()))
 	l.inbox.mu.Lock()
 	l.inbox.q = append(l.inbox.q, b)
 	arm := !l.inbox.armed
@@ -179,6 +202,7 @@ func (l *loop) drainInbox() {
 	l.inbox.mu.Unlock()
 	for i, b := range q {
 		l.deliver(b)
+		l.inbox.bytes.Add(-int64(b.size()))
 		b.release()
 		q[i] = nil
 	}

@@ -51,6 +51,12 @@ type Config struct {
 	// SlowConsumer is the policy for a connection over its mark; the zero
 	// value is SlowConsumerClose.
 	SlowConsumer SlowConsumerPolicy
+	// MaxBroadcastBacklog bounds the bytes of broadcasts waiting in one
+	// event loop's inbox for that loop to deliver them. A broadcast that
+	// would take any loop past it is refused (ErrBacklog, nothing sent), so
+	// a publisher faster than the loops can deliver is pushed back instead
+	// of queued without bound.
+	MaxBroadcastBacklog int
 	// Tick is the timing wheel's resolution; 0 derives it from the timeouts
 	// (at most 1 s, and fine enough for the shortest of them).
 	Tick time.Duration
@@ -72,6 +78,7 @@ func Defaults() Config {
 		CompressionMinBytes: 64,
 		MaxOutboundBytes:    1 << 20,
 		SlowConsumer:        SlowConsumerClose,
+		MaxBroadcastBacklog: 64 << 20,
 	}
 }
 
@@ -127,6 +134,7 @@ func (c Config) withDefaults() (Config, error) {
 	orDefault(&c.CloseTimeout, d.CloseTimeout)
 	orDefault(&c.CompressionLevel, d.CompressionLevel)
 	orDefault(&c.MaxOutboundBytes, d.MaxOutboundBytes)
+	orDefault(&c.MaxBroadcastBacklog, d.MaxBroadcastBacklog)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -147,6 +155,7 @@ func (c Config) withDefaults() (Config, error) {
 	check(c.CompressionMinBytes >= 0, "compression min bytes must not be negative, got %d", c.CompressionMinBytes)
 	check(c.MaxOutboundBytes >= 1024 && c.MaxOutboundBytes <= 1<<30, "max outbound bytes must be 1 KiB to 1 GiB, got %d", c.MaxOutboundBytes)
 	check(c.SlowConsumer <= SlowConsumerDrop, "unknown slow-consumer policy %d", c.SlowConsumer)
+	check(c.MaxBroadcastBacklog >= 64<<10 && c.MaxBroadcastBacklog <= 1<<34, "max broadcast backlog must be 64 KiB to 16 GiB, got %d", c.MaxBroadcastBacklog)
 	if c.Tick == 0 {
 		c.Tick = time.Second
 		for _, d := range []time.Duration{c.PingInterval, c.HandshakeTimeout, c.CloseTimeout} {

@@ -25,6 +25,9 @@ var (
 	ErrSlowConsumer = errors.New("engine: connection closed as a slow consumer")
 	// ErrServerClosed: Shutdown has begun.
 	ErrServerClosed = errors.New("engine: server is shutting down")
+	// ErrBacklog: a broadcast was refused because an event loop already has
+	// MaxBroadcastBacklog bytes of broadcasts to deliver; nothing was sent.
+	ErrBacklog = errors.New("engine: broadcast refused: the event loops are behind on delivering broadcasts")
 )
 
 // Conn is a WebSocket connection as a Handler sees it: a small value

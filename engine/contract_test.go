@@ -414,3 +414,48 @@ func TestBroadcastOrderAcrossLoops(t *testing.T) {
 		}
 	}
 }
+
+// TestBroadcastBacklog: broadcasts for a loop that does not get to deliver
+// them queue up to MaxBroadcastBacklog bytes; the next one is refused
+// everywhere (nothing sent, counted), and once the loop has delivered,
+// broadcasts flow again. Every broadcast that was accepted is delivered.
+func TestBroadcastBacklog(t *testing.T) {
+	const limit = 256 << 10
+	s, els := fakeServer(t, Config{MaxBroadcastBacklog: limit}, 2, route{path: "/r", handler: Echo{}})
+	a, b := s.loops[0].Load(), s.loops[1].Load()
+	ca, _ := openFake(s, a, 0)
+	cb, _ := openFake(s, b, 0)
+	ca.record, cb.record = false, false
+	payload := make([]byte, 16<<10)
+	accepted := 0
+	var err error
+	for range 100 {
+		if err = s.broadcast(a, 0, frame.OpBinary, payload); err != nil {
+			break
+		}
+		accepted++
+	}
+	if err != ErrBacklog {
+		t.Fatalf("after %d broadcasts: %v, want ErrBacklog", accepted, err)
+	}
+	if held := b.inbox.bytes.Load(); held > limit {
+		t.Fatalf("loop b's inbox holds %d bytes, limit %d", held, limit)
+	}
+	if accepted < limit/(17<<10) {
+		t.Fatalf("only %d broadcasts accepted under a %d-byte backlog", accepted, limit)
+	}
+	frameLen := len(payload) + 4
+	if ca.written != accepted*frameLen {
+		t.Fatalf("the refused broadcast reached loop a (%d bytes for %d accepted)", ca.written, accepted)
+	}
+	if s.refusedBacklog.Load() != 1 {
+		t.Fatal("refusal not counted")
+	}
+	els[1].run()
+	if cb.written != accepted*frameLen || b.inbox.bytes.Load() != 0 {
+		t.Fatalf("loop b delivered %d bytes of %d accepted broadcasts; %d left in its inbox", cb.written, accepted, b.inbox.bytes.Load())
+	}
+	if err := s.broadcast(a, 0, frame.OpBinary, payload); err != nil {
+		t.Fatalf("after loop b caught up: %v", err)
+	}
+}

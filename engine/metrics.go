@@ -168,6 +168,14 @@ func (s *Server) WriteMetrics(w io.Writer) {
 	p.one("wsd_outbound_backlogged_connections", "gauge",
 		"Connections with bytes waiting in user space (refreshed every tick).",
 		gauge(func(m *loopMetrics) *atomic.Int64 { return &m.backlogged }))
+	var backlog int64
+	for _, l := range ls {
+		backlog += l.inbox.bytes.Load()
+	}
+	p.one("wsd_broadcast_backlog_bytes", "gauge",
+		"Bytes of broadcasts waiting in the loops' inboxes to be delivered, summed over loops.", backlog)
+	p.family("wsd_broadcasts_refused_total", "counter", "Broadcasts refused, by reason (backlog: a loop was behind by --max-broadcast-backlog).")
+	p.sample("wsd_broadcasts_refused_total", "reason", "backlog", int64(s.refusedBacklog.Load()))
 	p.one("wsd_handler_panics_total", "counter", "Handler callbacks that panicked (their connection closed with 1011).",
 		sum(func(m *loopMetrics) *counter { return &m.handlerPanics }))
 	p.one("wsd_event_loops", "gauge", "Event loops that have served a connection.", int64(len(ls)))

@@ -50,6 +50,8 @@ type Server struct {
 
 	draining atomic.Bool
 
+	refusedBacklog atomic.Uint64 // broadcasts refused with ErrBacklog
+
 	sharedDeflaterMu sync.Mutex      // guards sharedDeflater and sharedZout
 	sharedDeflater   *frame.Deflater // compresses broadcasts made outside the loops
 	sharedZout       []byte

@@ -14,6 +14,7 @@
 package protocol
 
 import (
+	"errors"
 	"sync"
 
 	"github.com/mailru/easyjson/jwriter"
@@ -39,6 +40,9 @@ const (
 const (
 	CodeInvalidMessageFormat = "INVALID_MESSAGE_FORMAT"
 	CodeUnknownMessageType   = "UNKNOWN_MESSAGE_TYPE"
+	// CodeServerBusy: a broadcast was refused because the server is behind
+	// on delivering earlier ones; nothing was sent. Retry later.
+	CodeServerBusy = "SERVER_BUSY"
 )
 
 // Handler serves the protocol; it is an engine.Handler. Its methods run on
@@ -79,34 +83,39 @@ func (Handler) OnMessage(c engine.Conn, op frame.OpCode, data []byte) {
 	case TypeEcho:
 		sendReply(c, false, Reply{Type: TypeEchoReply, ID: in.ID, Data: in.Data})
 	case TypeBroadcast:
-		sendReply(c, true, Reply{Type: TypeBroadcast, Data: in.Data})
+		if err := sendReply(c, true, Reply{Type: TypeBroadcast, Data: in.Data}); errors.Is(err, engine.ErrBacklog) {
+			sendError(c, in.ID, CodeServerBusy, "broadcast not sent: the server is behind on delivering; retry later")
+		}
 	default:
 		sendError(c, in.ID, CodeUnknownMessageType, "unknown message type")
 	}
 }
 
-func sendReply(c engine.Conn, broadcast bool, r Reply) {
+func sendReply(c engine.Conn, broadcast bool, r Reply) error {
 	w := writers.Get().(*replyWriter)
 	r.MarshalEasyJSON(&w.Writer)
-	send(c, w, broadcast)
+	return send(c, w, broadcast)
 }
 
 func sendError(c engine.Conn, id []byte, code, message string) {
 	w := writers.Get().(*replyWriter)
 	(&Error{Type: TypeError, ID: id, Code: code, Message: message}).MarshalEasyJSON(&w.Writer)
-	send(c, w, false)
+	_ = send(c, w, false)
 }
 
-func send(c engine.Conn, w *replyWriter, broadcast bool) {
+// send writes the encoded reply to c, or broadcasts it, and recycles the
+// encoder. Its error is the write's or the broadcast's.
+func send(c engine.Conn, w *replyWriter, broadcast bool) error {
 	out := w.Buffer.Buf
 	if w.Buffer.Size() != len(out) {
 		w.joined = w.Buffer.BuildBytes(w.joined[:0])
 		out = w.joined
 	}
+	var err error
 	if broadcast {
-		c.Broadcast(frame.OpText, out)
+		err = c.Broadcast(frame.OpText, out)
 	} else {
-		_ = c.WriteText(out)
+		err = c.WriteText(out)
 	}
 	w.Buffer.Buf = w.Buffer.Buf[:0]
 	w.Error = nil
@@ -117,4 +126,5 @@ func send(c engine.Conn, w *replyWriter, broadcast bool) {
 		w.joined = nil
 	}
 	writers.Put(w)
+	return err
 }

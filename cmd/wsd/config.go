@@ -57,6 +57,7 @@ func newFlagSet(c *config) *flag.FlagSet {
 	durationVar(fs, &e.CloseTimeout, "close-timeout", d.CloseTimeout, "time allowed for the close handshake before TCP is closed")
 	fs.IntVar(&e.MaxOutboundBytes, "max-outbound-bytes", d.MaxOutboundBytes, "per connection, the most bytes queued for a client that reads too slowly, 1024 to 1073741824 (past it: --slow-consumer)")
 	e.SlowConsumer = d.SlowConsumer
+	fs.IntVar(&e.MaxBroadcastBacklog, "max-broadcast-backlog", d.MaxBroadcastBacklog, "per event loop, the most bytes of broadcasts waiting to be delivered, 65536 to 17179869184; a broadcast past it is refused (SERVER_BUSY on /ws)")
 	fs.Var((*policyValue)(&e.SlowConsumer), "slow-consumer", "a connection past --max-outbound-bytes: close (close 1013 and drop it) or drop (skip broadcasts to it until it catches up)")
 	fs.BoolVar(&e.Compression, "compression", false, "offer permessage-deflate (RFC 7692) to clients")
 	fs.IntVar(&e.CompressionLevel, "compression-level", d.CompressionLevel, "flate level for permessage-deflate, 1 (fastest) to 9")
@@ -190,6 +191,7 @@ func parseConfig(args []string, stdout io.Writer) (*config, error) {
 		{"close-timeout", e.CloseTimeout > 0},
 		{"max-handshake-bytes", e.MaxHandshakeBytes > 0},
 		{"max-outbound-bytes", e.MaxOutboundBytes > 0},
+		{"max-broadcast-backlog", e.MaxBroadcastBacklog > 0},
 		{"drain-timeout", c.drainTimeout > 0},
 	} {
 		if !s.ok {
@@ -301,6 +303,7 @@ func (c *config) settings(eff engine.Config) []slog.Attr {
 		"max-handshake-bytes":   eff.MaxHandshakeBytes,
 		"close-timeout":         eff.CloseTimeout,
 		"max-outbound-bytes":    eff.MaxOutboundBytes,
+		"max-broadcast-backlog": eff.MaxBroadcastBacklog,
 		"slow-consumer":         eff.SlowConsumer.String(), // not its number
 		"compression":           eff.Compression,
 		"compression-level":     eff.CompressionLevel,

@@ -153,7 +153,7 @@ func TestBadConfiguration(t *testing.T) {
 // or the file. --loops 0 keeps its meaning, one loop per CPU.
 func TestZeroRefused(t *testing.T) {
 	for _, name := range []string{"ping-interval", "max-missed-pongs", "max-message-bytes", "handshake-timeout",
-		"close-timeout", "max-handshake-bytes", "max-outbound-bytes", "drain-timeout"} {
+		"close-timeout", "max-handshake-bytes", "max-outbound-bytes", "max-broadcast-backlog", "drain-timeout"} {
 		negative := "-1"
 		if strings.HasSuffix(name, "-interval") || strings.HasSuffix(name, "-timeout") {
 			negative = "-1s"
@@ -293,10 +293,11 @@ func TestHelp(t *testing.T) {
 	// Each flag's own entry, so that a default or variable shown under
 	// another flag does not count.
 	for name, wants := range map[string][]string{
-		"loops":              {"0 means one per CPU", "(default 0; env WSD_LOOPS)"},
-		"max-outbound-bytes": {"(default 1048576; env WSD_MAX_OUTBOUND_BYTES)", "--slow-consumer"},
-		"slow-consumer":      {"(default close; env WSD_SLOW_CONSUMER)", "close (", "drop (", "--max-outbound-bytes"},
-		"version":            {"print the version"},
+		"loops":                 {"0 means one per CPU", "(default 0; env WSD_LOOPS)"},
+		"max-outbound-bytes":    {"(default 1048576; env WSD_MAX_OUTBOUND_BYTES)", "--slow-consumer"},
+		"slow-consumer":         {"(default close; env WSD_SLOW_CONSUMER)", "close (", "drop (", "--max-outbound-bytes"},
+		"max-broadcast-backlog": {"(default 67108864; env WSD_MAX_BROADCAST_BACKLOG)", "refused"},
+		"version":               {"print the version"},
 	} {
 		entry := helpEntry(out.String(), name)
 		if entry == "" {
