@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -457,5 +458,23 @@ func TestBroadcastBacklog(t *testing.T) {
 	}
 	if err := s.broadcast(a, 0, frame.OpBinary, payload); err != nil {
 		t.Fatalf("after loop b caught up: %v", err)
+	}
+}
+
+// TestBigReplyAfterBatch: a client that pipelines a small message and a
+// large one gets both echoes when nothing is stuck in its buffer; the
+// batch ahead of the large reply does not count against the mark.
+func TestBigReplyAfterBatch(t *testing.T) {
+	s, _ := fakeServer(t, Config{MaxOutboundBytes: 64 << 10}, 1, route{path: "/r", handler: Echo{}})
+	c, ss := openFake(s, s.loops[0].Load(), 0)
+	big := strings.Repeat("b", 200<<10)
+	c.in = frame.AppendMaskedFrame(nil, true, frame.OpText, 0, [4]byte{1, 2, 3, 4}, []byte("small"))
+	c.in = frame.AppendMaskedFrame(c.in, true, frame.OpText, 0, [4]byte{1, 2, 3, 4}, []byte(big))
+	s.OnTraffic(c)
+	if ss.State != session.Open {
+		t.Fatalf("state %v reason %v: closed for a reply the kernel could take", ss.State, CloseReason(ss.Reason))
+	}
+	if got := c.frames(t); len(got) != 2 || got[0] != "small" || got[1] != big {
+		t.Fatalf("got %d frames", len(got))
 	}
 }

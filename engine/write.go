@@ -40,14 +40,15 @@ const (
 // admit decides whether a frame of n bytes may be queued for ss. Queued
 // means gnet's outbound buffer (what the kernel did not take) plus, for
 // the connection being served, the batch not yet written. A connection
-// with nothing queued may take any one frame (the kernel gets it first), so
-// what it holds is at most the larger of the mark and one frame.
+// whose gnet buffer is empty may take any one frame, or a batch (the
+// kernel gets it first), so what it holds is at most the larger of the
+// mark and one frame or batch.
 func (l *loop) admit(ss *session.Session, class writeClass, n int) error {
 	if class == classControl {
 		return nil
 	}
 	queued := ss.Conn.OutboundBuffered()
-	if ss == l.cur {
+	if queued > 0 && ss == l.cur {
 		queued += len(l.out)
 	}
 	if queued == 0 || queued <= l.srv.cfg.MaxOutboundBytes-n {
@@ -98,6 +99,14 @@ func (l *loop) account(ss *session.Session, n int) {
 // out with writev, after whatever is batched, so that order holds.
 func (l *loop) sendFrame(ss *session.Session, class writeClass, op frame.OpCode, rsv byte, p []byte) error {
 	n := frame.HeaderSize(len(p), false) + len(p)
+	if len(p) >= bigWrite && ss == l.cur && len(l.out) > 0 {
+		// Write the batch first: order holds, and the mark then judges what
+		// the kernel did not take of it.
+		l.flushOut(ss)
+		if ss.State == session.Gone {
+			return ErrClosed
+		}
+	}
 	if err := l.admit(ss, class, n); err != nil {
 		return err
 	}
@@ -114,12 +123,6 @@ func (l *loop) sendFrame(ss *session.Session, class writeClass, op frame.OpCode,
 		l.writeNow(ss, l.tmp)
 		return nil
 	}
-	if ss == l.cur && len(l.out) > 0 {
-		l.flushOut(ss)
-		if ss.State == session.Gone {
-			return nil
-		}
-	}
 	l.hdr = frame.AppendHeader(l.hdr[:0], frame.Header{Fin: true, Rsv: rsv, OpCode: op, Length: int64(len(p))})
 	l.iov = append(l.iov[:0], l.hdr, p)
 	_, _ = ss.Conn.Writev(l.iov)
@@ -130,24 +133,22 @@ func (l *loop) sendFrame(ss *session.Session, class writeClass, op frame.OpCode,
 
 // sendRaw queues b, which is already one or more whole frames, for ss.
 func (l *loop) sendRaw(ss *session.Session, class writeClass, b []byte) error {
+	if len(b) >= bigWrite && ss == l.cur && len(l.out) > 0 {
+		l.flushOut(ss) // as in sendFrame
+		if ss.State == session.Gone {
+			return ErrClosed
+		}
+	}
 	if err := l.admit(ss, class, len(b)); err != nil {
 		return err
 	}
 	l.account(ss, len(b))
-	if ss == l.cur {
-		if len(b) < bigWrite {
-			l.out = append(l.out, b...)
-			if len(l.out) >= batchFlush {
-				l.flushOut(ss)
-			}
-			return nil
-		}
-		if len(l.out) > 0 {
+	if ss == l.cur && len(b) < bigWrite {
+		l.out = append(l.out, b...)
+		if len(l.out) >= batchFlush {
 			l.flushOut(ss)
-			if ss.State == session.Gone {
-				return nil
-			}
 		}
+		return nil
 	}
 	l.writeNow(ss, b)
 	return nil
