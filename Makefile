@@ -8,10 +8,12 @@ FUZZTIME  ?= 30s
 
 all: build
 
-## build: compile bin/wsd and bin/wsbench
+## build: compile bin/wsd and bin/wsbench (with the commit, for wsd --version, when built from git
+## even where GOFLAGS says -buildvcs=false)
+BUILDFLAGS ?= -buildvcs=auto
 build:
-	$(GO) build -o $(BIN)/wsd ./cmd/wsd
-	$(GO) build -o $(BIN)/wsbench ./bench/cmd/wsbench
+	$(GO) build $(BUILDFLAGS) -o $(BIN)/wsd ./cmd/wsd
+	$(GO) build $(BUILDFLAGS) -o $(BIN)/wsbench ./bench/cmd/wsbench
 
 ## run: run wsd with its embedded defaults (ws on :8080, admin on 127.0.0.1:9090)
 run: build
