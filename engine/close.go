@@ -19,15 +19,13 @@ func (l *loop) fail(ss *session.Session, err error) {
 		fe = &frame.Error{Code: frame.CloseInternalError, Reason: "internal error"}
 	}
 	l.debug("protocol error", ss, "code", int(fe.Code), "reason", fe.Reason)
-	if ss.Reason == 0 {
-		switch fe.Code {
-		case frame.CloseMessageTooBig:
-			ss.Reason = uint8(ReasonPolicy)
-		case frame.CloseInternalError:
-			ss.Reason = uint8(ReasonInternalError)
-		default:
-			ss.Reason = uint8(ReasonProtocolError)
-		}
+	switch fe.Code {
+	case frame.CloseMessageTooBig:
+		setReason(ss, ReasonPolicy)
+	case frame.CloseInternalError:
+		setReason(ss, ReasonInternalError)
+	default:
+		setReason(ss, ReasonProtocolError)
 	}
 	if !ss.Has(session.FlagCloseSent) {
 		l.sendClose(ss, fe.Code, fe.Reason)
@@ -93,8 +91,8 @@ func (l *loop) connGone(c gnet.Conn, ss *session.Session, err error) {
 	if ss.State == session.Handshaking && !ss.Has(session.FlagCloseSent) {
 		l.metrics.handshakeFailures[failAborted].inc()
 	}
-	if opened && ss.Reason == 0 {
-		ss.Reason = uint8(ReasonConnectionLost)
+	if opened {
+		setReason(ss, ReasonConnectionLost)
 	}
 	l.metrics.open.dec()
 	l.wheel.Cancel(ss.Self)
@@ -160,9 +158,7 @@ func (l *loop) drain() {
 			_, _ = ss.Conn.Write(respDraining)
 			_ = l.el.Close(ss.Conn)
 		case session.Open:
-			if ss.Reason == 0 {
-				ss.Reason = uint8(ReasonShutdown)
-			}
+			setReason(ss, ReasonShutdown)
 			l.sendClose(ss, frame.CloseGoingAway, "server shutting down")
 		}
 		return true

@@ -142,9 +142,7 @@ func (c Conn) Close(code frame.CloseCode, reason string) error {
 	if !frame.ValidCloseCode(code) {
 		return errors.New("engine: invalid close code")
 	}
-	if c.s.Reason == 0 {
-		c.s.Reason = uint8(ReasonApplication)
-	}
+	setReason(c.s, ReasonApplication)
 	c.l.sendClose(c.s, code, reason)
 	return nil
 }

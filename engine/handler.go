@@ -81,6 +81,14 @@ var closeReasonNames = [numCloseReasons]string{
 	ReasonInternalError:  "internal_error",
 }
 
+// setReason records why ss is closing, unless a reason was already
+// decided: the first cause is the one reported.
+func setReason(ss *session.Session, r CloseReason) {
+	if ss.Reason == 0 {
+		ss.Reason = uint8(r)
+	}
+}
+
 func (r CloseReason) String() string {
 	if r < numCloseReasons {
 		return closeReasonNames[r]
@@ -130,9 +138,7 @@ func (l *loop) recoverHandler(ss *session.Session, callback string) {
 		"callback", callback, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 	if ss.State == session.Open || ss.State == session.Closing {
 		ss.Flags |= session.FlagDiscard
-		if ss.Reason == 0 {
-			ss.Reason = uint8(ReasonInternalError)
-		}
+		setReason(ss, ReasonInternalError)
 		l.sendClose(ss, frame.CloseInternalError, "internal error")
 	}
 }

@@ -50,9 +50,7 @@ func (l *loop) control(ss *session.Session, ev frame.Event) {
 		ss.Flags |= session.FlagCloseReceived | session.FlagDiscard
 		if !ss.Has(session.FlagCloseSent) {
 			// Echo the peer's code (RFC 6455 section 5.5.1).
-			if ss.Reason == 0 {
-				ss.Reason = uint8(ReasonPeer)
-			}
+			setReason(ss, ReasonPeer)
 			l.sendClose(ss, code, "")
 			ss.CloseCode = code
 		}

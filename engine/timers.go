@@ -36,9 +36,7 @@ func (l *loop) fire(idx int32) {
 	case session.HeartbeatTimeout:
 		l.metrics.heartbeatTimeouts.inc()
 		l.debug("heartbeat timeout", ss, "missed", ss.Missed)
-		if ss.Reason == 0 {
-			ss.Reason = uint8(ReasonPingTimeout)
-		}
+		setReason(ss, ReasonPingTimeout)
 		ss.CloseCode = frame.CloseGoingAway
 		ss.Flags |= session.FlagCloseSent
 		_ = l.sendRaw(ss, classControl, pingTimeoutClose)

@@ -74,9 +74,7 @@ func (l *loop) overMark(ss *session.Session, class writeClass, queued int) error
 	}
 	l.metrics.slowClose.inc()
 	l.debug("slow consumer: closing", ss, "queued", queued, "reply", class == classReply)
-	if ss.Reason == 0 {
-		ss.Reason = uint8(ReasonSlowConsumer)
-	}
+	setReason(ss, ReasonSlowConsumer)
 	// Read nothing more, and close TCP once the close frame is out (or at
 	// the close deadline): the peer's answer is not awaited.
 	ss.Flags |= session.FlagNoLinger | session.FlagDiscard
