@@ -114,16 +114,8 @@ const upgradeRequest = "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nCon
 
 // Open dials one connection, upgrades it, and enrolls it in the event loops.
 func (d *Dialer) Open(ctx context.Context) error {
-	nd := net.Dialer{Timeout: 10 * time.Second, Control: bindNoPort}
-	if d.Source != nil {
-		nd.LocalAddr = &net.TCPAddr{IP: d.Source}
-	}
-	conn, err := nd.DialContext(ctx, "tcp", d.Target)
+	conn, err := dialUpgraded(ctx, d.Target, d.Path, d.Source)
 	if err != nil {
-		return err
-	}
-	if err := handshake(conn, d.Target, d.Path); err != nil {
-		conn.Close()
 		return err
 	}
 	if _, err := d.cli.Enroll(conn); err != nil { // Enroll closes conn after taking a dup of it
