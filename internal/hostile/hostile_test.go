@@ -96,24 +96,29 @@ func start(t *testing.T, args ...string) *server {
 	return s
 }
 
-// rss returns the server's resident set size in bytes.
-func (s *server) rss(t testing.TB) int {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+// readRSS returns the resident set size of process pid in bytes.
+func readRSS(pid int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		t.Fatal(err)
+		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
 			kb, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return kb << 10
+			return kb << 10, err
 		}
 	}
-	t.Fatal("no VmRSS")
-	return 0
+	return 0, fmt.Errorf("/proc/%d/status has no VmRSS", pid)
+}
+
+// rss returns the server's resident set size in bytes.
+func (s *server) rss(t testing.TB) int {
+	t.Helper()
+	n, err := readRSS(s.cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // watchRSS samples the server's RSS every 20ms until stop is called, which
@@ -135,18 +140,13 @@ func (s *server) watchRSS(t testing.TB) (stop func() int) {
 			case <-done:
 				return
 			case <-tk.C:
-				b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+				n, err := readRSS(s.cmd.Process.Pid)
 				if err != nil {
 					return
 				}
-				if i := bytes.Index(b, []byte("VmRSS:")); i >= 0 {
-					f := strings.Fields(string(b[i+6:]))
-					if kb, err := strconv.Atoi(f[0]); err == nil {
-						mu.Lock()
-						peak = max(peak, kb<<10)
-						mu.Unlock()
-					}
-				}
+				mu.Lock()
+				peak = max(peak, n)
+				mu.Unlock()
 			}
 		}
 	}()
