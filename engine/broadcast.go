@@ -51,17 +51,27 @@ func (s *Server) Broadcast(path string, op frame.OpCode, payload []byte) error {
 	return fmt.Errorf("engine: no route %q", path)
 }
 
-// broadcastMsg is one message for every connection of a route, encoded
-// once. The loops share it read-only; each holds a reference, and the last
-// to finish returns it to the pool.
-type broadcastMsg struct {
+// Frame is one message for many connections, encoded once: a broadcast to
+// a route, or a Fanout's frame. The loops share it read-only; each holds a
+// reference, and the last to finish returns it to the pool. A Fanout sees
+// it only during Deliver and must not keep it.
+type Frame struct {
 	route      uint8
+	to         Fanout // nil: every connection of the route
+	key        string
+	seq        uint64
 	plain      []byte // the frame
 	compressed []byte // the frame compressed (full window), or empty
 	refs       atomic.Int32
 }
 
-var broadcastPool = sync.Pool{New: func() any { return new(broadcastMsg) }}
+// Key returns the key the frame was fanned out with (a channel name, say).
+func (f *Frame) Key() string { return f.key }
+
+// Seq returns the sequence number the frame was fanned out with.
+func (f *Frame) Seq() uint64 { return f.seq }
+
+var broadcastPool = sync.Pool{New: func() any { return new(Frame) }}
 
 // maxPooledFrame is the largest frame buffer a pooled message keeps.
 const maxPooledFrame = 64 << 10
@@ -69,9 +79,9 @@ const maxPooledFrame = 64 << 10
 // size is what the message counts for while it waits in an inbox: its
 // frames and a slot's worth of overhead (its buffers come from a pool and
 // may be larger, up to maxPooledFrame).
-func (b *broadcastMsg) size() int { return len(b.plain) + len(b.compressed) + 128 }
+func (b *Frame) size() int { return len(b.plain) + len(b.compressed) + 128 }
 
-func (b *broadcastMsg) release() {
+func (b *Frame) release() {
 	if b.refs.Add(-1) != 0 {
 		return
 	}
@@ -81,6 +91,7 @@ func (b *broadcastMsg) release() {
 	if cap(b.compressed) > maxPooledFrame {
 		b.compressed = nil
 	}
+	b.to, b.key = nil, ""
 	broadcastPool.Put(b)
 }
 
@@ -91,23 +102,42 @@ func (s *Server) broadcast(from *loop, routeIdx int, op frame.OpCode, payload []
 	if s.draining.Load() {
 		return ErrServerClosed
 	}
-	n := int(s.nloops.Load())
-	if n == 0 {
+	b := s.newFrame(from, op, payload)
+	if b == nil {
 		return nil // no connection has ever opened: nobody to deliver to
 	}
-	b := broadcastPool.Get().(*broadcastMsg)
 	b.route = uint8(routeIdx)
+	return s.dispatch(from, b)
+}
+
+// newFrame encodes a message for many receivers, or returns nil when no
+// event loop has started yet.
+func (s *Server) newFrame(from *loop, op frame.OpCode, payload []byte) *Frame {
+	if s.nloops.Load() == 0 {
+		return nil
+	}
+	b := broadcastPool.Get().(*Frame)
+	b.to, b.key, b.seq, b.route = nil, "", 0, 0
 	b.plain = frame.AppendFrame(b.plain[:0], op, 0, payload)
 	b.compressed = b.compressed[:0]
 	if s.cfg.Compression && len(payload) >= s.cfg.CompressionMinBytes {
 		s.compressBroadcast(from, b, op, payload)
 	}
-	// Refuse, before any loop has it, a message a loop has no room for.
+	return b
+}
+
+// dispatch hands an encoded frame to every loop: the calling loop (from,
+// if not nil) delivers it at once after draining its inbox, the others
+// get it in their inboxes. It refuses the frame, before any loop has it,
+// if a loop has no room for it.
+func (s *Server) dispatch(from *loop, b *Frame) error {
+	n := int(s.nloops.Load())
 	// (Concurrent broadcasts may each pass this check: a loop's backlog can
 	// go over by what they add at once, a bounded amount.)
 	size := b.size()
 	for i := range n {
 		if l := s.loops[i].Load(); l != from && l.inbox.bytes.Load() > int64(s.cfg.MaxBroadcastBacklog-size) {
+			b.to = nil
 			broadcastPool.Put(b)
 			s.refusedBacklog.Add(1)
 			return ErrBacklog
@@ -133,7 +163,7 @@ func (s *Server) broadcast(from *loop, routeIdx int, op frame.OpCode, payload []
 // compressBroadcast adds the compressed frame to b, with the calling
 // loop's compressor, or with a shared one for broadcasts made outside the
 // loops (rare: the HTTP API).
-func (s *Server) compressBroadcast(from *loop, b *broadcastMsg, op frame.OpCode, payload []byte) {
+func (s *Server) compressBroadcast(from *loop, b *Frame, op frame.OpCode, payload []byte) {
 	var c []byte
 	var err error
 	if from != nil {
@@ -159,14 +189,14 @@ func (s *Server) compressBroadcast(from *loop, b *broadcastMsg, op frame.OpCode,
 // message.
 type inbox struct {
 	mu    sync.Mutex
-	q     []*broadcastMsg
-	spare []*broadcastMsg // the drained queue's array, for reuse
-	armed bool            // a drain task is queued on the loop
-	bytes atomic.Int64    // what the queued messages hold, for MaxBroadcastBacklog
+	q     []*Frame
+	spare []*Frame     // the drained queue's array, for reuse
+	armed bool         // a drain task is queued on the loop
+	bytes atomic.Int64 // what the queued messages hold, for MaxBroadcastBacklog
 }
 
 // post queues b for the loop; any goroutine.
-func (l *loop) post(b *broadcastMsg) error {
+func (l *loop) post(b *Frame) error {
 	l.inbox.bytes.Add(int64(b.size()))
 	l.inbox.mu.Lock()
 	l.inbox.q = append(l.inbox.q, b)
@@ -215,7 +245,11 @@ func (l *loop) drainInbox() {
 
 // deliver writes a broadcast to every open connection of its route on this
 // loop: it walks the route's member list, not the slab.
-func (l *loop) deliver(b *broadcastMsg) {
+func (l *loop) deliver(b *Frame) {
+	if b.to != nil {
+		l.deliverTo(b)
+		return
+	}
 	for _, idx := range l.members[b.route] {
 		ss := l.slab.At(idx)
 		if ss.State != session.Open {

@@ -130,6 +130,9 @@ func (l *loop) settle() {
 			l.callClose(ss, CloseInfo{Code: code, Reason: reason})
 		}
 		l.removeMember(ss)
+		if int(g.idx) < len(l.values) {
+			l.values[g.idx] = nil
+		}
 		ss.Decoder.Reset()
 		l.slab.Free(g.idx)
 	}

@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"net"
+	"time"
 
 	"github.com/wsdproject/wsd/frame"
 	"github.com/wsdproject/wsd/session"
@@ -157,4 +158,70 @@ func (c Conn) Broadcast(op frame.OpCode, p []byte) error {
 		return ErrClosed
 	}
 	return c.l.srv.broadcast(c.l, int(c.s.Endpoint), op, p)
+}
+
+// Loop returns the index of the connection's event loop (0 to
+// Server.Loops()-1), for state a handler keeps per loop.
+func (c Conn) Loop() int {
+	if c.l == nil {
+		return -1
+	}
+	return int(c.l.idx)
+}
+
+// Value returns what SetValue stored for the connection (for a connection
+// whose route authenticates, the Authenticate hook's value until
+// replaced), or nil. Only on the connection's loop.
+func (c Conn) Value() any {
+	if !c.live() || int(c.h.Index) >= len(c.l.values) {
+		return nil
+	}
+	return c.l.values[c.h.Index]
+}
+
+// SetValue stores v with the connection until it is gone (after its
+// OnClose). Only on the connection's loop.
+func (c Conn) SetValue(v any) {
+	if !c.live() {
+		return
+	}
+	c.l.setValue(c.h.Index, v)
+}
+
+func (l *loop) setValue(idx int32, v any) {
+	if int(idx) >= len(l.values) {
+		if v == nil {
+			return
+		}
+		l.values = append(l.values, make([]any, int(idx)+1-len(l.values))...)
+	}
+	l.values[idx] = v
+}
+
+// ExpiryHandler is implemented by a Handler that sets expiries with
+// Conn.SetExpiry.
+type ExpiryHandler interface {
+	// OnExpire runs on the connection's loop when its expiry has come. The
+	// connection stays open unless OnExpire closes it (or sets a new
+	// expiry).
+	OnExpire(c Conn)
+}
+
+// SetExpiry makes the engine call the route handler's OnExpire (it must
+// be an ExpiryHandler) when at has come, to the timing wheel's tick (it
+// may run up to one tick late, never early); a zero at clears it. A
+// connection has one expiry: a new call replaces the last.
+func (c Conn) SetExpiry(at time.Time) error {
+	if err := c.usable(); err != nil {
+		return err
+	}
+	if _, ok := c.l.srv.routes[c.s.Endpoint].handler.(ExpiryHandler); !ok {
+		return errors.New("engine: SetExpiry needs a handler that implements ExpiryHandler")
+	}
+	var tick uint32
+	if !at.IsZero() {
+		tick = c.l.srv.tickOf(at)
+	}
+	c.l.srv.timeouts.SetExpiry(c.l.wheel, c.h.Index, tick)
+	return nil
 }

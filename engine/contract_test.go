@@ -383,6 +383,26 @@ func TestZeroAllocs(t *testing.T) {
 			t.Fatalf("broadcast to 500 + 500 on two loops: %v allocs", n)
 		}
 	})
+	t.Run("fanout across loops", func(t *testing.T) {
+		s, els := fakeServer(t, Config{}, 2, route{path: "/r", handler: Echo{}})
+		for i := range 2 {
+			for range 500 {
+				c, _ := openFake(s, s.loops[i].Load(), 0)
+				c.record = false
+			}
+		}
+		to := &allOfRoute{s: s}
+		if n := testing.AllocsPerRun(200, func() {
+			_ = s.Fanout(to, "k", 1, frame.OpText, broadcastPayload)
+			els[0].run()
+			els[1].run()
+		}); n != 0 {
+			t.Fatalf("fanout to 500 + 500 on two loops: %v allocs", n)
+		}
+		if to.n == 0 {
+			t.Fatal("nothing delivered")
+		}
+	})
 	t.Run("broadcast from outside", func(t *testing.T) {
 		s, els := fakeServer(t, Config{}, 2, route{path: "/r", handler: Echo{}})
 		for i := range 2 {
@@ -479,5 +499,20 @@ func TestBigReplyAfterBatch(t *testing.T) {
 	}
 	if got := c.frames(t); len(got) != 2 || got[0] != "small" || got[1] != big {
 		t.Fatalf("got %d frames", len(got))
+	}
+}
+
+// allOfRoute is a Fanout that writes to every connection of route 0.
+type allOfRoute struct {
+	s *Server
+	n int
+}
+
+func (a *allOfRoute) Deliver(loop int, f *Frame) {
+	l := a.s.loops[loop].Load()
+	for _, idx := range l.members[0] {
+		if l.conn(l.slab.At(idx)).WriteFrame(f) == nil {
+			a.n++
+		}
 	}
 }

@@ -101,12 +101,20 @@ type RouteOptions struct {
 	// Subprotocols the route accepts, in no particular order: the first one
 	// in the client's Sec-WebSocket-Protocol list that is here is chosen.
 	Subprotocols []string
+	// Authenticate, if set, checks each upgrade request of the route once
+	// it is known to be a valid one, before the 101 is sent. An error
+	// refuses the upgrade: an *HTTPError with its status and message, any
+	// other error with 401. The value it returns becomes the connection's
+	// Value. It runs on the event loop, so it must be quick (cache what is
+	// costly to check).
+	Authenticate func(r *Request) (any, error)
 }
 
 type route struct {
 	path      string
 	handler   Handler
 	protocols []string
+	auth      func(*Request) (any, error)
 }
 
 // The handler is called only through these: each recovers a panic.
@@ -124,6 +132,11 @@ func (l *loop) callMessage(ss *session.Session, op frame.OpCode, p []byte) {
 func (l *loop) callClose(ss *session.Session, info CloseInfo) {
 	defer l.recoverHandler(ss, "OnClose")
 	l.srv.routes[ss.Endpoint].handler.OnClose(l.conn(ss), info)
+}
+
+func (l *loop) callExpire(h ExpiryHandler, ss *session.Session) {
+	defer l.recoverHandler(ss, "OnExpire")
+	h.OnExpire(l.conn(ss))
 }
 
 // recoverHandler turns a handler's panic into the end of its connection

@@ -2,7 +2,9 @@ package engine
 
 import (
 	"bytes"
+	"errors"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -29,20 +31,22 @@ const (
 	failDraining
 	failAborted
 	failFull
+	failUnauthorized
 	numFailReasons
 )
 
 var failReasonNames = [numFailReasons]string{
-	failNone:       "none",
-	failBadRequest: "bad_request",
-	failNotFound:   "not_found",
-	failVersion:    "unsupported_version",
-	failMethod:     "method_not_allowed",
-	failTooLarge:   "request_too_large",
-	failTimeout:    "timeout",
-	failDraining:   "draining",
-	failAborted:    "aborted",
-	failFull:       "loop_full",
+	failNone:         "none",
+	failBadRequest:   "bad_request",
+	failNotFound:     "not_found",
+	failVersion:      "unsupported_version",
+	failMethod:       "method_not_allowed",
+	failTooLarge:     "request_too_large",
+	failTimeout:      "timeout",
+	failDraining:     "draining",
+	failAborted:      "aborted",
+	failFull:         "loop_full",
+	failUnauthorized: "unauthorized",
 }
 
 func (r failReason) String() string { return failReasonNames[r] }
@@ -110,8 +114,11 @@ type handshaker struct {
 
 	upgrader ws.Upgrader
 	req      bytes.Reader // the request being upgraded
-	out      []byte       // the response being written
-	res      upgradeResult
+	// What the route's Authenticate hook sees, copied out of the
+	// upgrader's buffer (reused, so no allocation per handshake).
+	uri, authorization, cookie []byte
+	out                        []byte // the response being written
+	res                        upgradeResult
 }
 
 // Read and Write make the handshaker the "connection" the upgrader reads
@@ -131,6 +138,7 @@ func newHandshaker(routes []route, compression bool, maxRequest int, draining fu
 		OnRequest:       h.onRequest,
 		Protocol:        h.selectProtocol,
 		Negotiate:       h.negotiate,
+		OnHeader:        h.onHeader,
 	}
 	return h
 }
@@ -148,6 +156,7 @@ func endOfRequest(b []byte) int {
 // the bytes to send back. The result is valid until the next call.
 func (h *handshaker) upgrade(req []byte) *upgradeResult {
 	h.res = upgradeResult{route: -1}
+	h.uri, h.authorization, h.cookie = h.uri[:0], h.authorization[:0], h.cookie[:0]
 	h.req.Reset(req)
 	h.out = h.out[:0]
 	_, err := h.upgrader.Upgrade(h)
@@ -184,6 +193,7 @@ func (h *handshaker) upgrade(req []byte) *upgradeResult {
 }
 
 func (h *handshaker) onRequest(uri []byte) error {
+	h.uri = append(h.uri[:0], uri...)
 	path := uri
 	if i := bytes.IndexByte(path, '?'); i >= 0 {
 		path = path[:i]
@@ -198,6 +208,24 @@ func (h *handshaker) onRequest(uri []byte) error {
 		}
 	}
 	return errNotFound
+}
+
+// onHeader keeps the headers an Authenticate hook reads (only for a route
+// that has one).
+func (h *handshaker) onHeader(key, value []byte) error {
+	if h.res.route < 0 || h.routes[h.res.route].auth == nil {
+		return nil
+	}
+	switch {
+	case bytes.EqualFold(key, []byte("Authorization")):
+		h.authorization = append(h.authorization[:0], value...)
+	case bytes.EqualFold(key, []byte("Cookie")):
+		if len(h.cookie) > 0 { // several Cookie headers (HTTP/2 style): join them
+			h.cookie = append(h.cookie, "; "...)
+		}
+		h.cookie = append(h.cookie, value...)
+	}
+	return nil
 }
 
 func (h *handshaker) selectProtocol(p []byte) bool {
@@ -266,6 +294,15 @@ func (l *loop) handshake(c gnet.Conn, ss *session.Session) gnet.Action {
 	if !res.ok {
 		return l.reject(c, ss, res.reason, res.response)
 	}
+	rt := &l.srv.routes[res.route]
+	if rt.auth != nil {
+		req := Request{URI: l.hs.uri, Authorization: l.hs.authorization, Cookie: l.hs.cookie, RemoteAddr: c.RemoteAddr()}
+		v, err := rt.auth(&req)
+		if err != nil {
+			return l.reject(c, ss, failUnauthorized, refusal(err))
+		}
+		l.setValue(ss.Self, v)
+	}
 	ss.Endpoint = uint8(res.route)
 	ss.Proto = uint8(res.proto)
 	if res.deflate {
@@ -299,4 +336,37 @@ func (l *loop) reject(c gnet.Conn, ss *session.Session, reason failReason, resp 
 	l.metrics.bytesOut.add(uint64(len(resp)))
 	_, _ = c.Write(resp)
 	return gnet.Close
+}
+
+// Request is what a route's Authenticate hook sees of an upgrade request.
+// The byte slices are valid only during the call.
+type Request struct {
+	URI           []byte // the request target, with its query string
+	Authorization []byte // the Authorization header's value, or empty
+	Cookie        []byte // the Cookie header's value, or empty
+	RemoteAddr    net.Addr
+}
+
+// HTTPError refuses an upgrade with Status and a short plain-text Message
+// (shown to the client: say what is wrong, never why internally).
+type HTTPError struct {
+	Status  int
+	Message string
+}
+
+func (e *HTTPError) Error() string { return e.Message }
+
+var respUnauthorized = httpResponse(http.StatusUnauthorized, "unauthorized", "WWW-Authenticate: Bearer")
+
+// refusal is the response for an Authenticate hook's error.
+func refusal(err error) []byte {
+	var he *HTTPError
+	if !errors.As(err, &he) || he.Status < 400 || he.Status > 599 {
+		return respUnauthorized
+	}
+	var extra []string
+	if he.Status == http.StatusUnauthorized {
+		extra = append(extra, "WWW-Authenticate: Bearer")
+	}
+	return httpResponse(he.Status, he.Message, extra...)
 }

@@ -50,6 +50,7 @@ type loop struct {
 	zout     []byte // a compressed outbound message
 
 	members [][]int32        // per route: slab indices of its open sessions, for broadcasts
+	values  []any            // per slab slot: the handler's value for the connection (Conn.SetValue)
 	backlog []session.Handle // sessions that may have outbound bytes in user space
 	inbox   inbox            // broadcasts posted by other goroutines
 
@@ -109,8 +110,19 @@ func newLoop(s *Server, idx uint8, el gnet.EventLoop) *loop {
 func (l *loop) enter() { l.depth++ }
 
 func (l *loop) leave() {
-	if l.depth == 1 && len(l.gone) > 0 {
-		l.settle()
+	if l.depth == 1 {
+		if len(l.gone) > 0 {
+			l.settle()
+		}
+		// Frames this entry fanned out to its own loop go out now rather
+		// than in a task of their own (a loop posts to itself too, so that
+		// a fan-out never delivers inside the callback that made it).
+		if l.inbox.bytes.Load() > 0 {
+			l.drainInbox()
+			if len(l.gone) > 0 {
+				l.settle()
+			}
+		}
 	}
 	l.depth--
 }

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -97,7 +98,7 @@ func (s *Server) Handle(path string, h Handler, opts RouteOptions) error {
 	if len(s.routes) == 255 {
 		return errors.New("engine: too many routes")
 	}
-	s.routes = append(s.routes, route{path: path, handler: h, protocols: opts.Subprotocols})
+	s.routes = append(s.routes, route{path: path, handler: h, protocols: opts.Subprotocols, auth: opts.Authenticate})
 	return nil
 }
 
@@ -297,6 +298,51 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 		_ = l.el.Execute(context.Background(), l.tickTask)
 	}
 	return s.cfg.Tick, gnet.None
+}
+
+// tickOf returns the first wheel tick that begins at or after t (at least
+// 1): a timer due then never fires before t.
+func (s *Server) tickOf(t time.Time) uint32 {
+	d := t.Sub(s.start)
+	if d <= 0 {
+		return 1
+	}
+	n := (d + s.cfg.Tick - 1) / s.cfg.Tick
+	if n > 1<<31 {
+		n = 1 << 31 // far away: the wheel's tick arithmetic wraps at 2^32
+	}
+	return max(uint32(n), 1)
+}
+
+// Loops returns how many event loops have started (a loop starts with its
+// first connection); loop indexes are 0 to Loops()-1.
+func (s *Server) Loops() int { return int(s.nloops.Load()) }
+
+// Execute runs fn on event loop `loop`'s goroutine, as a task between
+// its callbacks, where fn may use that loop's Conns. It returns at once;
+// fn runs later (never if the server stops first, which is reported as
+// ErrServerClosed when known now).
+func (s *Server) Execute(loop int, fn func()) error {
+	if loop < 0 || loop >= s.Loops() {
+		return fmt.Errorf("engine: no event loop %d", loop)
+	}
+	l := s.loops[loop].Load()
+	err := l.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+		l.enter()
+		defer l.leave()
+		defer func() {
+			if r := recover(); r != nil {
+				l.metrics.handlerPanics.inc()
+				l.log.Error("task panicked", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			}
+		}()
+		fn()
+		return nil
+	}))
+	if err != nil {
+		return fmt.Errorf("%w (event loop %d: %v)", ErrServerClosed, loop, err)
+	}
+	return nil
 }
 
 // now returns the current wheel tick.

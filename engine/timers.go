@@ -48,6 +48,10 @@ func (l *loop) fire(idx int32) {
 		l.metrics.bytesOut.add(uint64(len(respTimeout)))
 		_, _ = c.Write(respTimeout)
 		_ = l.el.Close(c)
+	case session.Expired:
+		if h, ok := l.srv.routes[ss.Endpoint].handler.(ExpiryHandler); ok {
+			l.callExpire(h, ss)
+		}
 	case session.CloseDue:
 		if int32(l.wheel.Now()-ss.Deadline) >= 0 {
 			_ = l.el.Close(c)

@@ -95,6 +95,9 @@ type Session struct {
 	// Deadline is the tick by which a Closing session's TCP connection is
 	// closed whatever happens.
 	Deadline uint32
+	// Expiry is the tick at which an Open session's credentials expire
+	// (its timer fires then at the latest); 0 for none.
+	Expiry uint32
 	// Self is the session's own slab index.
 	Self int32
 	// Sent counts the bytes handed to the connection for writing (modulo

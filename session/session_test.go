@@ -329,3 +329,48 @@ func TestHeartbeatBacklog(t *testing.T) {
 		})
 	}
 }
+
+func TestExpiry(t *testing.T) {
+	s := NewSlab()
+	w := NewWheel(s, 64, 0)
+	tm := Timeouts{Ping: 30, MaxMissed: 3}
+	h, ss := s.Alloc()
+	tm.Opened(w, h.Index)
+	var events []string
+	out := Outbound{PingFlushed: true}
+	step := func(to uint32) {
+		w.Advance(to, func(i int32) {
+			events = append(events, fmt.Sprintf("%d:%d", w.Now(), tm.Expire(w, i, out)))
+		})
+	}
+	// An expiry before the heartbeat brings the timer forward; the
+	// heartbeat goes on after it.
+	tm.SetExpiry(w, h.Index, 12)
+	step(40)
+	if want := []string{"12:5", "31:1"}; !slices.Equal(events, want) {
+		t.Fatalf("events %v, want %v", events, want)
+	}
+	if ss.Expiry != 0 {
+		t.Fatalf("expiry %d after it fired", ss.Expiry)
+	}
+	// An expiry that cuts a ping's wait short: the wait restarts in full,
+	// so the timeout is never early.
+	events = nil
+	tm.SetExpiry(w, h.Index, 50)
+	step(200)
+	if want := []string{"50:5", "81:1", "112:1", "143:2"}; !slices.Equal(events, want) {
+		t.Fatalf("events %v, want %v", events, want)
+	}
+	// Clearing an expiry: the early wake-up it left finds nothing to do
+	// and re-arms the heartbeat.
+	h2, _ := s.Alloc()
+	tm.Opened(w, h2.Index)
+	at := w.Now() + 5
+	tm.SetExpiry(w, h2.Index, at)
+	tm.SetExpiry(w, h2.Index, 0)
+	events = nil
+	step(w.Now() + 10)
+	if want := []string{fmt.Sprintf("%d:0", at)}; !slices.Equal(events, want) {
+		t.Fatalf("events %v, want %v", events, want)
+	}
+}

@@ -24,6 +24,9 @@ const (
 	// CloseDue: a Closing session's timer fired; the owner decides (its
 	// decision depends on the connection's outbound buffer).
 	CloseDue
+	// Expired: an Open session's Expiry has come (and is cleared). The
+	// heartbeat goes on; the owner closes the session or sets a new expiry.
+	Expired
 )
 
 // Outbound is what the owner tells Expire about a connection's outbound
@@ -47,7 +50,35 @@ func (t *Timeouts) Opened(w *Wheel, idx int32) {
 	s.State = Open
 	s.LastSeen = w.now
 	s.Missed = 0
+	s.Expiry = 0
 	w.Schedule(idx, w.now+t.Ping+1)
+}
+
+// SetExpiry sets (or with at == 0 clears) the tick at which an Open
+// session expires, and brings its timer forward if the expiry comes first.
+// An expiry at or before the current tick fires at the next one.
+func (t *Timeouts) SetExpiry(w *Wheel, idx int32, at uint32) {
+	s := w.slab.At(idx)
+	if at == 0 {
+		s.Expiry = 0
+		return
+	}
+	if int32(at-w.now) <= 0 {
+		at = w.now + 1
+	}
+	s.Expiry = at
+	if due, ok := w.Scheduled(idx); !ok || int32(at-due) < 0 {
+		w.Schedule(idx, at)
+	}
+}
+
+// schedule sets an Open session's timer for due, or for its expiry if
+// that comes first.
+func schedule(w *Wheel, s *Session, idx int32, due uint32) {
+	if s.Expiry != 0 && int32(s.Expiry-due) < 0 {
+		due = s.Expiry
+	}
+	w.Schedule(idx, due)
 }
 
 // Expire decides what the fired timer of session idx means at the wheel's
@@ -68,6 +99,17 @@ func (t *Timeouts) Expire(w *Wheel, idx int32, out Outbound) Verdict {
 		return HandshakeTimeout
 	case Open:
 		now := w.now
+		if s.Expiry != 0 && int32(now-s.Expiry) >= 0 {
+			// The expiry may have cut a heartbeat wait short; resume it,
+			// never early (a ping's wait restarts in full).
+			s.Expiry = 0
+			if s.Missed > 0 {
+				w.Schedule(idx, now+t.Ping+1)
+			} else {
+				w.Schedule(idx, s.LastSeen+t.Ping+1)
+			}
+			return Expired
+		}
 		if s.Missed > 0 {
 			// The last ping went out when this timer was set, Ping+1 ticks ago.
 			sent := now - t.Ping - 1
@@ -76,17 +118,17 @@ func (t *Timeouts) Expire(w *Wheel, idx int32, out Outbound) Verdict {
 					return HeartbeatTimeout
 				}
 				s.Missed++
-				w.Schedule(idx, now+t.Ping+1)
+				schedule(w, s, idx, now+t.Ping+1)
 				return SendPing
 			}
 			s.Missed = 0
 		}
 		if !out.Backlog && now-s.LastSeen <= t.Ping {
-			w.Schedule(idx, s.LastSeen+t.Ping+1)
+			schedule(w, s, idx, s.LastSeen+t.Ping+1)
 			return Rescheduled
 		}
 		s.Missed = 1
-		w.Schedule(idx, now+t.Ping+1)
+		schedule(w, s, idx, now+t.Ping+1)
 		return SendPing
 	default:
 		return CloseDue

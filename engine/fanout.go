@@ -1,0 +1,83 @@
+package engine
+
+import (
+	"fmt"
+	"runtime/debug"
+
+	"github.com/wsdproject/wsd/frame"
+	"github.com/wsdproject/wsd/session"
+)
+
+// Fanout chooses the receivers of a frame on each event loop: a channel
+// hub keeps, per loop, the connections subscribed to each channel and
+// writes the one encoded frame to those of the loop it is called on.
+type Fanout interface {
+	// Deliver runs on the goroutine of event loop `loop`, once for every
+	// Server.Fanout call that loop takes part in, in the order of those
+	// calls (the order Server.Broadcast documents). It writes f to the
+	// loop's receivers with Conn.WriteFrame and must not block or keep f.
+	Deliver(loop int, f *Frame)
+}
+
+// Fanout encodes one message (and compresses it once, when compression is
+// on) and hands it to every event loop, where to.Deliver picks the
+// receivers. key and seq travel with the frame for Deliver (Frame.Key,
+// Frame.Seq). Safe from any goroutine; it never delivers on the calling
+// goroutine, so it may be called from a handler, with locks held: a loop
+// delivers what was fanned out to it from its own callbacks as soon as the
+// callback returns, and what came from elsewhere in its next task.
+//
+// Contract as for Server.Broadcast: ordered calls are delivered in order on
+// every loop; ErrBacklog refuses the frame before any loop has it;
+// ErrServerClosed after Shutdown began. A frame fanned out before a
+// connection's handshake completes on its loop is never delivered to it.
+func (s *Server) Fanout(to Fanout, key string, seq uint64, op frame.OpCode, payload []byte) error {
+	if s.draining.Load() {
+		return ErrServerClosed
+	}
+	if to == nil {
+		return fmt.Errorf("engine: Fanout needs a Fanout")
+	}
+	b := s.newFrame(nil, op, payload)
+	if b == nil {
+		return nil
+	}
+	b.to, b.key, b.seq = to, key, seq
+	return s.dispatch(nil, b)
+}
+
+// deliverTo runs a Fanout's Deliver for b on this loop; a panic in it is
+// logged and counted, and the loop goes on.
+func (l *loop) deliverTo(b *Frame) {
+	defer func() {
+		if r := recover(); r != nil {
+			l.metrics.handlerPanics.inc()
+			l.log.Error("fanout panicked", "key", b.key, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+		}
+	}()
+	b.to.Deliver(int(l.idx), b)
+}
+
+// WriteFrame writes a frame from Server.Fanout to c: the compressed form
+// if c negotiated compression with a full window, else the plain one. It
+// is a push (see Write), subject to the slow-consumer policy, and counts
+// as a message out. Only on c's loop, from Fanout.Deliver or a callback.
+func (c Conn) WriteFrame(f *Frame) error {
+	if err := c.usable(); err != nil {
+		return err
+	}
+	ss := c.s
+	b := f.plain
+	if len(f.compressed) > 0 && ss.Has(session.FlagDeflate) && ss.Window == 15 {
+		b = f.compressed
+	}
+	class := classPush
+	if ss == c.l.cur {
+		class = classReply
+	}
+	if err := c.l.sendRaw(ss, class, b); err != nil {
+		return err
+	}
+	c.l.metrics.messagesOut.inc()
+	return nil
+}
