@@ -1,0 +1,129 @@
+// Package broker carries publications, history and presence between the
+// hub of one wsd node and, through it, every node of a cluster. The Memory
+// broker (this process only) is the default; a Redis broker plugs in behind
+// the same interface without the hub changing.
+package broker
+
+import (
+	"errors"
+	"time"
+)
+
+// Publication is one message published to a channel.
+type Publication struct {
+	// Offset is the publication's place in its channel's stream: 1 for the
+	// first publication of an epoch, then +1 for each one, with no gaps.
+	Offset uint64
+	// Data is the message, raw JSON. It is never modified after Publish.
+	Data []byte
+	// Time is when the broker accepted it (Unix milliseconds).
+	Time int64
+}
+
+// Position is a place in a channel's stream: the offset of the last
+// publication seen and the epoch it belongs to. Offsets of different epochs
+// are unrelated.
+type Position struct {
+	Offset uint64 `json:"offset"`
+	Epoch  string `json:"epoch"`
+}
+
+// ClientInfo describes one connection in a channel's presence.
+type ClientInfo struct {
+	// Client is the connection id, unique across the cluster.
+	Client string `json:"client"`
+	// User is the token's subject ("" for anonymous connections).
+	User string `json:"user"`
+	// Info is the token's optional "info" claim, raw JSON (nil if none).
+	Info []byte `json:"info,omitempty"`
+}
+
+// ChannelOptions are what a channel keeps beyond live delivery.
+type ChannelOptions struct {
+	// HistorySize is how many publications a channel keeps for history and
+	// recovery; 0 keeps none (offsets still advance).
+	HistorySize int
+	// HistoryTTL is how long a publication stays in history; it also bounds
+	// how long an idle channel's stream (offset and epoch) is kept after its
+	// last publication. 0 with HistorySize > 0 means no age limit.
+	HistoryTTL time.Duration
+}
+
+// Handler receives what the broker delivers to this node. The hub
+// implements it.
+type Handler interface {
+	// HandlePublication delivers one publication of a channel the node is
+	// subscribed to (see Broker.Subscribe). pos is the publication's
+	// position. Calls for one channel are never concurrent and come in
+	// offset order; calls for different channels may be concurrent. The
+	// handler must not keep pub.Data past the call unless it copies it, and
+	// must not call back into the broker for the same channel.
+	HandlePublication(channel string, pub *Publication, pos Position)
+	// HandleJoin and HandleLeave deliver presence events of channels the
+	// node is subscribed to; for one channel they are ordered with each
+	// other and with its publications.
+	HandleJoin(channel string, info ClientInfo)
+	HandleLeave(channel string, info ClientInfo)
+}
+
+// Broker is the contract between the hub and a message bus.
+//
+// Delivery contract:
+//
+//   - Ordering: publications of one channel are given offsets 1, 2, 3, …
+//     within an epoch, in the order the broker accepts them, and every node
+//     subscribed to the channel gets them through HandlePublication in that
+//     order. Publications of different channels have no order between them.
+//   - Once: a publication accepted by Publish (nil error) is delivered at
+//     most once to each node subscribed when it was accepted, and is in the
+//     channel's history (while the history's size and age allow) before
+//     Publish returns. A node that missed it (a broker outage, a late
+//     subscribe) finds it with History; that is how clients recover, so
+//     together a client gets every publication exactly once or is told it
+//     cannot (its epoch changed or the gap is older than the history).
+//   - Errors: Publish returns an error when it cannot confirm that the
+//     publication was accepted, never a nil error for a dropped message.
+//     A refused publication gets no offset and reaches nobody.
+//   - Epoch: a channel's epoch changes whenever its stream may have lost
+//     publications (the broker restarted, the stream expired): a position
+//     of an older epoch can never be recovered from.
+//
+// All methods are safe for concurrent use.
+type Broker interface {
+	// Run starts delivery to h; it is called once, before anything else.
+	Run(h Handler) error
+	// Publish appends data (raw JSON; the broker keeps its own copy) to
+	// the channel's stream and history and delivers it to every subscribed
+	// node. It returns the publication's position.
+	Publish(channel string, data []byte, opts ChannelOptions) (Position, error)
+	// PublishJoin and PublishLeave deliver presence events to every
+	// subscribed node (not kept in history, no offset).
+	PublishJoin(channel string, info ClientInfo) error
+	PublishLeave(channel string, info ClientInfo) error
+	// Subscribe makes the broker deliver the channel's publications to
+	// this node; Unsubscribe stops it. The hub calls Subscribe when a
+	// channel gets its first subscriber on the node (before reading its
+	// history, so nothing falls between the two) and Unsubscribe after its
+	// last one leaves. Calls for one channel are made in order.
+	Subscribe(channel string) error
+	Unsubscribe(channel string) error
+	// History returns the channel's publications after since.Offset (all
+	// retained ones if since is nil), oldest first, at most limit of them
+	// (limit <= 0: all retained), and the stream's current position. When
+	// since is not nil and its epoch is not the current one, or
+	// publications after it are no longer retained, it returns
+	// ErrUnrecoverable with the current position (the client must refetch).
+	History(channel string, since *Position, limit int) ([]Publication, Position, error)
+	// AddPresence and RemovePresence record a connection in, and take it
+	// out of, a channel's presence. Presence lists connections by client id.
+	AddPresence(channel string, info ClientInfo) error
+	RemovePresence(channel string, client string) error
+	// Presence returns the connections present in a channel.
+	Presence(channel string) ([]ClientInfo, error)
+	// Close stops delivery and releases the broker's resources.
+	Close() error
+}
+
+// ErrUnrecoverable: publications after the given position are no longer
+// all retained, or the position belongs to another epoch.
+var ErrUnrecoverable = errors.New("broker: publications since the given position are not all retained")
