@@ -81,3 +81,17 @@ func (c Conn) WriteFrame(f *Frame) error {
 	c.l.metrics.messagesOut.inc()
 	return nil
 }
+
+// Busy reports whether a fan-out or broadcast of a payload of n bytes would
+// be refused now because an event loop is behind (ErrBacklog): a
+// publisher can check it before committing to a message it could not
+// deliver. The answer may be stale by the time it is used.
+func (s *Server) Busy(n int) bool {
+	limit := int64(s.cfg.MaxBroadcastBacklog - n - frame.MaxHeaderSize - 128)
+	for i := range int(s.nloops.Load()) {
+		if s.loops[i].Load().inbox.bytes.Load() > limit {
+			return true
+		}
+	}
+	return false
+}

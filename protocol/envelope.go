@@ -10,9 +10,23 @@ import "github.com/mailru/easyjson"
 // handled. Unknown fields are ignored, so clients may send fields that
 // later versions understand. Its decoder is hand-written (inbound.go).
 type Inbound struct {
-	Type string
-	ID   easyjson.RawMessage
-	Data easyjson.RawMessage
+	Type    string
+	ID      easyjson.RawMessage
+	Data    easyjson.RawMessage
+	Channel string // copied: it outlives the message as a channel's name
+	Token   string // points into the message
+	// Since is the position a subscribe recovers from, or a history read
+	// starts after; HasSince tells whether it was given.
+	Since    Position
+	HasSince bool
+	Limit    int
+	fieldErr bool // a known field had the wrong kind of value
+}
+
+// Position is a place in a channel's stream as a client gives it.
+type Position struct {
+	Offset uint64
+	Epoch  string
 }
 
 // Reply is a server message carrying data: echo_reply and broadcast.

@@ -12,6 +12,7 @@ var (
 	errNotObject = errors.New("message is not a valid JSON object")
 	errTypeKind  = errors.New(`"type" must be a string`)
 	errNoType    = errors.New(`missing "type"`)
+	errField     = errors.New(`"channel", "token" and "since.epoch" must be strings, "since.offset" and "limit" non-negative integers`)
 )
 
 // decode reads one client message into in. It is written by hand over
@@ -38,6 +39,43 @@ func (in *Inbound) decode(data []byte) error {
 			in.ID = lex.Raw()
 		case "data":
 			in.Data = lex.Raw()
+		case "channel":
+			in.Channel = in.str(&lex)
+		case "token":
+			in.Token = in.ustr(&lex)
+		case "limit":
+			if lex.CurrentToken() != jlexer.TokenNumber {
+				in.fieldErr = true
+				lex.SkipRecursive()
+			} else {
+				in.Limit = lex.Int()
+			}
+		case "since":
+			if lex.IsNull() {
+				lex.Skip()
+				break
+			}
+			in.HasSince = true
+			lex.Delim('{')
+			for lex.Ok() && !lex.IsDelim('}') {
+				k := lex.UnsafeFieldName(false)
+				lex.WantColon()
+				switch k {
+				case "offset":
+					if lex.CurrentToken() != jlexer.TokenNumber {
+						in.fieldErr = true
+						lex.SkipRecursive()
+					} else {
+						in.Since.Offset = lex.Uint64()
+					}
+				case "epoch":
+					in.Since.Epoch = in.str(&lex)
+				default:
+					lex.SkipRecursive()
+				}
+				lex.WantComma()
+			}
+			lex.Delim('}')
 		default:
 			lex.SkipRecursive()
 		}
@@ -45,9 +83,13 @@ func (in *Inbound) decode(data []byte) error {
 	}
 	lex.Delim('}')
 	lex.Consumed()
-	switch {
-	case lex.Error() != nil:
+	switch err := lex.Error(); {
+	case in.fieldErr:
+		return errField
+	case err != nil:
 		return errNotObject
+	case in.Limit < 0:
+		return errField
 	// The lexer skips over values without checking all of their syntax
 	// (a raw control character in a string passes): what is passed on to
 	// other clients must be JSON they can parse.
@@ -59,4 +101,24 @@ func (in *Inbound) decode(data []byte) error {
 		return errTypeKind
 	}
 	return nil
+}
+
+// str reads a string field, copied (it may outlive the message); ustr
+// without copying. Any other kind of value is a field error.
+func (in *Inbound) str(lex *jlexer.Lexer) string {
+	if lex.CurrentToken() != jlexer.TokenString {
+		in.fieldErr = true
+		lex.SkipRecursive()
+		return ""
+	}
+	return lex.String()
+}
+
+func (in *Inbound) ustr(lex *jlexer.Lexer) string {
+	if lex.CurrentToken() != jlexer.TokenString {
+		in.fieldErr = true
+		lex.SkipRecursive()
+		return ""
+	}
+	return lex.UnsafeString()
 }

@@ -1,26 +1,43 @@
 // Package protocol is wsd's JSON message protocol on the /ws endpoint: one
-// JSON object per text message, {"type":…,"id":…,"data":…}. The data field
-// is carried as raw JSON: it is validated but never decoded and
-// re-encoded, and a broadcast is encoded into one frame for all receivers.
+// JSON object per text message. Client data is carried as raw JSON: it is
+// validated but never decoded and re-encoded, and a publication is encoded
+// into one frame for all its subscribers (by the hub).
 //
-// Client → server:
+// Client → server (every message may carry an "id", any JSON value, copied
+// into its reply):
 //
-//	{"type":"echo","data":…}       answered with {"type":"echo_reply","data":…}
-//	{"type":"broadcast","data":…}  sent to every open /ws connection as {"type":"broadcast","data":…}
+//	{"type":"echo","data":…}                                  → {"type":"echo_reply","data":…}
+//	{"type":"subscribe","channel":"c"}                        → ack with "offset" and "epoch"
+//	{"type":"subscribe","channel":"c","since":{"offset":N,"epoch":"E"}}
+//	                                                          → ack with "recovered", then the missed messages
+//	{"type":"unsubscribe","channel":"c"}                      → ack
+//	{"type":"publish","channel":"c","data":…}                 → ack with the publication's "offset" and "epoch"
+//	{"type":"presence","channel":"c"}                         → ack with "presence":[{client,user,info}]
+//	{"type":"history","channel":"c","limit":N,"since":{…}}     → ack with "publications":[{offset,data}]
+//	{"type":"refresh","token":"…"}                            → ack with "expires" (Unix seconds)
 //
-// An optional "id" (any JSON value) is copied into the reply or error.
-// Server → client errors: {"type":"error","code":…,"message":…} with code
-// INVALID_MESSAGE_FORMAT or UNKNOWN_MESSAGE_TYPE.
+// Server → client: {"type":"message","channel":…,"offset":N,"epoch":…,
+// "data":…} for each publication; {"type":"join"|"leave","channel":…,
+// "info":{…}} on channels with join/leave events; {"type":"unsubscribed",
+// "channel":…} when the server unsubscribes the client; and
+// {"type":"error","code":…,"message":…} when a message cannot be acted on
+// (the codes are the Code* constants). See README.md for the whole
+// protocol with examples.
 package protocol
 
 import (
 	"errors"
+	"log/slog"
+	"strconv"
 	"sync"
 
 	"github.com/mailru/easyjson/jwriter"
 
+	"github.com/wsdproject/wsd/auth"
+	"github.com/wsdproject/wsd/broker"
 	"github.com/wsdproject/wsd/engine"
 	"github.com/wsdproject/wsd/frame"
+	"github.com/wsdproject/wsd/hub"
 )
 
 // Subprotocol is the name a client may ask for in Sec-WebSocket-Protocol
@@ -30,29 +47,79 @@ const Subprotocol = "wsd.json"
 
 // Message types.
 const (
-	TypeEcho      = "echo"
-	TypeEchoReply = "echo_reply"
+	TypeEcho         = "echo"
+	TypeEchoReply    = "echo_reply"
+	TypeSubscribe    = "subscribe"
+	TypeUnsubscribe  = "unsubscribe"
+	TypePublish      = "publish"
+	TypePresence     = "presence"
+	TypeHistory      = "history"
+	TypeRefresh      = "refresh"
+	TypeAck          = "ack"
+	TypeMessage      = "message"
+	TypeUnsubscribed = "unsubscribed"
+	TypeError        = "error"
+	// TypeBroadcast is refused on the socket: sending to every connection
+	// is a right of the HTTP API.
 	TypeBroadcast = "broadcast"
-	TypeError     = "error"
 )
 
 // Error codes.
 const (
 	CodeInvalidMessageFormat = "INVALID_MESSAGE_FORMAT"
 	CodeUnknownMessageType   = "UNKNOWN_MESSAGE_TYPE"
-	// CodeServerBusy: a broadcast was refused because the server is behind
-	// on delivering earlier ones; nothing was sent. Retry later.
-	CodeServerBusy = "SERVER_BUSY"
+	// CodeInvalidChannel: a missing or malformed channel name.
+	CodeInvalidChannel = "INVALID_CHANNEL"
+	// CodeForbidden: the connection's token (or the server's policy for
+	// anonymous connections) does not allow this on this channel.
+	CodeForbidden          = "FORBIDDEN"
+	CodeAlreadySubscribed  = "ALREADY_SUBSCRIBED"
+	CodeNotSubscribed      = "NOT_SUBSCRIBED"
+	CodeTooManyChannels    = "TOO_MANY_CHANNELS"
+	CodeNotAvailable       = "NOT_AVAILABLE" // presence not kept on this channel
+	CodeInvalidToken       = "INVALID_TOKEN"
+	CodeMissingData        = "MISSING_DATA"
+	CodeBrokerError        = "BROKER_ERROR"
+	CodeServerBusy         = "SERVER_BUSY"
+	CodeRateLimitExceeded  = "RATE_LIMIT_EXCEEDED" // reserved for the per-connection rate limit
+	closeCodeTokenExpired  = frame.CloseCode(4001)
+	closeReasonTokenExpire = "token expired"
 )
 
-// Handler serves the protocol; it is an engine.Handler. Its methods run on
-// event loops, concurrently for connections of different loops; it keeps
-// no per-connection state.
-type Handler struct{}
+// Options configure the handler.
+type Options struct {
+	// Hub serves the channel messages.
+	Hub *hub.Hub
+	// Verifier checks refreshed tokens; nil: refresh is refused.
+	Verifier *auth.Verifier
+	// Policy is what connections may do beyond their token.
+	Policy hub.Policy
+	Logger *slog.Logger
+}
+
+// Handler serves the protocol; it is an engine.Handler (and an
+// engine.ExpiryHandler: a connection whose token expires is closed with
+// 4001 "token expired"). Its methods run on event loops, concurrently for
+// connections of different loops; per-connection state is the hub's
+// Client, kept as the connection's Value.
+type Handler struct {
+	hub    *hub.Hub
+	verify *auth.Verifier
+	policy hub.Policy
+	log    *slog.Logger
+}
+
+// New returns the handler.
+func New(o Options) *Handler {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return &Handler{hub: o.Hub, verify: o.Verifier, policy: o.Policy, log: o.Logger}
+}
 
 // replyWriter encodes replies. joined holds a reply that spilled over
 // several of the encoder's chunks, joined into one slice: reused, so that
-// large replies and broadcasts leave no garbage behind.
+// large replies leave no garbage behind.
 type replyWriter struct {
 	jwriter.Writer
 	joined []byte
@@ -62,14 +129,35 @@ type replyWriter struct {
 // allocate nor contend for them.
 var writers = sync.Pool{New: func() any { return new(replyWriter) }}
 
-// OnOpen does nothing: the protocol has no greeting.
-func (Handler) OnOpen(engine.Conn) {}
+// OnOpen registers the connection with the hub and arms its token's
+// expiry.
+func (h *Handler) OnOpen(c engine.Conn) {
+	cl := hub.ClientOf(c)
+	if cl == nil { // a route without authentication: anonymous
+		cl = hub.NewClient(nil)
+		c.SetValue(cl)
+	}
+	h.hub.Opened(c, cl)
+	if exp := cl.Expiry(); !exp.IsZero() {
+		_ = c.SetExpiry(exp)
+	}
+}
 
-// OnClose does nothing: the protocol keeps no per-connection state.
-func (Handler) OnClose(engine.Conn, engine.CloseInfo) {}
+// OnClose unsubscribes the connection from everything.
+func (h *Handler) OnClose(c engine.Conn, _ engine.CloseInfo) {
+	if cl := hub.ClientOf(c); cl != nil {
+		h.hub.Gone(c, cl)
+	}
+}
+
+// OnExpire closes a connection whose token has expired (unless a refresh
+// moved the expiry since).
+func (h *Handler) OnExpire(c engine.Conn) {
+	_ = c.Close(closeCodeTokenExpired, closeReasonTokenExpire)
+}
 
 // OnMessage decodes one client message and acts on it.
-func (Handler) OnMessage(c engine.Conn, op frame.OpCode, data []byte) {
+func (h *Handler) OnMessage(c engine.Conn, op frame.OpCode, data []byte) {
 	if op != frame.OpText {
 		sendError(c, nil, CodeInvalidMessageFormat, "binary messages are not supported; send JSON text")
 		return
@@ -79,22 +167,278 @@ func (Handler) OnMessage(c engine.Conn, op frame.OpCode, data []byte) {
 		sendError(c, in.ID, CodeInvalidMessageFormat, err.Error())
 		return
 	}
+	cl := hub.ClientOf(c)
 	switch in.Type {
 	case TypeEcho:
-		sendReply(c, false, Reply{Type: TypeEchoReply, ID: in.ID, Data: in.Data})
-	case TypeBroadcast:
-		if err := sendReply(c, true, Reply{Type: TypeBroadcast, Data: in.Data}); errors.Is(err, engine.ErrBacklog) {
-			sendError(c, in.ID, CodeServerBusy, "broadcast not sent: the server is behind on delivering; retry later")
+		sendReply(c, Reply{Type: TypeEchoReply, ID: in.ID, Data: in.Data})
+	case TypeSubscribe:
+		h.subscribe(c, cl, &in)
+	case TypeUnsubscribe:
+		if err := h.hub.Unsubscribe(c, cl, in.Channel); err != nil {
+			h.fail(c, &in, err)
+			return
 		}
+		h.ack(c, &in, func(*jwriter.Writer) {})
+	case TypePublish:
+		h.publish(c, cl, &in)
+	case TypePresence:
+		h.presence(c, cl, &in)
+	case TypeHistory:
+		h.history(c, cl, &in)
+	case TypeRefresh:
+		h.refresh(c, cl, &in)
+	case TypeBroadcast:
+		sendError(c, in.ID, CodeForbidden, "broadcast to every connection is a right of the HTTP API; publish to a channel")
 	default:
 		sendError(c, in.ID, CodeUnknownMessageType, "unknown message type")
 	}
 }
 
-func sendReply(c engine.Conn, broadcast bool, r Reply) error {
+func (h *Handler) subscribe(c engine.Conn, cl *hub.Client, in *Inbound) {
+	var since *broker.Position
+	if in.HasSince {
+		since = &broker.Position{Offset: in.Since.Offset, Epoch: in.Since.Epoch}
+	}
+	res, err := h.hub.Subscribe(c, cl, in.Channel, since)
+	if err != nil {
+		h.fail(c, in, err)
+		return
+	}
+	h.ack(c, in, func(w *jwriter.Writer) {
+		writePosition(w, res.Position)
+		if res.Recovery {
+			w.RawString(`,"recovered":`)
+			w.Bool(res.Recovered)
+		}
+	})
+	// The missed publications follow the ack, before any live one.
+	if len(res.Replayed) > 0 {
+		w := writers.Get().(*replyWriter)
+		for i := range res.Replayed {
+			p := &res.Replayed[i]
+			w.Buffer.Buf = hub.AppendMessage(w.Buffer.Buf[:0], in.Channel, p.Offset, res.Position.Epoch, p.Data)
+			if send(c, w, false) != nil {
+				return
+			}
+			w = writers.Get().(*replyWriter)
+		}
+		writers.Put(w)
+	}
+}
+
+func (h *Handler) publish(c engine.Conn, cl *hub.Client, in *Inbound) {
+	switch {
+	case auth.ValidChannel(in.Channel) != nil:
+		h.fail(c, in, hub.ErrInvalidChannel)
+		return
+	case !cl.CanPublish(in.Channel, h.policy):
+		h.fail(c, in, hub.ErrForbidden)
+		return
+	case len(in.Data) == 0:
+		sendError(c, in.ID, CodeMissingData, `a publication needs "data"`)
+		return
+	}
+	pos, err := h.hub.Publish(in.Channel, in.Data)
+	if err != nil {
+		h.fail(c, in, err)
+		return
+	}
+	h.ack(c, in, func(w *jwriter.Writer) { writePosition(w, pos) })
+}
+
+func (h *Handler) presence(c engine.Conn, cl *hub.Client, in *Inbound) {
+	if !h.readable(c, cl, in) {
+		return
+	}
+	list, err := h.hub.Presence(in.Channel)
+	if err != nil {
+		h.fail(c, in, err)
+		return
+	}
+	h.ack(c, in, func(w *jwriter.Writer) {
+		w.RawString(`,"presence":`)
+		WritePresence(w, list)
+	})
+}
+
+func (h *Handler) history(c engine.Conn, cl *hub.Client, in *Inbound) {
+	if !h.readable(c, cl, in) {
+		return
+	}
+	var since *broker.Position
+	if in.HasSince {
+		since = &broker.Position{Offset: in.Since.Offset, Epoch: in.Since.Epoch}
+	}
+	limit := in.Limit
+	if since != nil {
+		limit = 0 // everything after since, as recovery would
+	}
+	pubs, pos, err := h.hub.History(in.Channel, since, limit)
+	recovered := true
+	if errors.Is(err, broker.ErrUnrecoverable) {
+		recovered, pubs, err = false, nil, nil
+	}
+	if err != nil {
+		h.fail(c, in, err)
+		return
+	}
+	h.ack(c, in, func(w *jwriter.Writer) {
+		writePosition(w, pos)
+		if since != nil {
+			w.RawString(`,"recovered":`)
+			w.Bool(recovered)
+		}
+		w.RawString(`,"publications":`)
+		WritePublications(w, pubs)
+	})
+}
+
+// readable checks a channel a client reads presence or history of.
+func (h *Handler) readable(c engine.Conn, cl *hub.Client, in *Inbound) bool {
+	switch {
+	case auth.ValidChannel(in.Channel) != nil:
+		h.fail(c, in, hub.ErrInvalidChannel)
+	case !cl.CanSubscribe(in.Channel):
+		h.fail(c, in, hub.ErrForbidden)
+	default:
+		return true
+	}
+	return false
+}
+
+func (h *Handler) refresh(c engine.Conn, cl *hub.Client, in *Inbound) {
+	if h.verify == nil {
+		sendError(c, in.ID, CodeInvalidToken, "this server does not use tokens")
+		return
+	}
+	claims, err := h.verify.Verify(in.Token)
+	if err != nil {
+		sendError(c, in.ID, CodeInvalidToken, "the token is not valid: "+tokenProblem(err))
+		return
+	}
+	if cl.Claims == nil || claims.Sub != cl.Claims.Sub {
+		sendError(c, in.ID, CodeInvalidToken, "a refreshed token must name the connection's user")
+		return
+	}
+	cl.Claims = claims
+	_ = c.SetExpiry(claims.Exp) // zero clears it: the new token does not expire
+	h.ack(c, in, func(w *jwriter.Writer) {
+		if !claims.Exp.IsZero() {
+			w.RawString(`,"expires":`)
+			w.Int64(claims.Exp.Unix())
+		}
+	})
+}
+
+// tokenProblem says what is wrong with a token, without any of its bytes.
+func tokenProblem(err error) string {
+	switch {
+	case errors.Is(err, auth.ErrExpired):
+		return "expired"
+	case errors.Is(err, auth.ErrNoToken):
+		return "missing"
+	}
+	return "invalid"
+}
+
+// fail answers a refused channel operation with its error code.
+func (h *Handler) fail(c engine.Conn, in *Inbound, err error) {
+	code, msg := ErrorCode(err)
+	if code == CodeBrokerError {
+		h.log.Error("broker error", "conn", c.ID(), "type", in.Type, "channel", in.Channel, "err", err)
+	}
+	sendError(c, in.ID, code, msg)
+}
+
+// ErrorCode maps a hub or broker error to a protocol error code and a
+// message for the client.
+func ErrorCode(err error) (code, message string) {
+	switch {
+	case errors.Is(err, hub.ErrInvalidChannel):
+		return CodeInvalidChannel, "channel names are 1 to 255 printable ASCII characters, segments separated by ':', '.' or '/'"
+	case errors.Is(err, hub.ErrForbidden):
+		return CodeForbidden, "not allowed on this channel"
+	case errors.Is(err, hub.ErrAlreadySubscribed):
+		return CodeAlreadySubscribed, err.Error()
+	case errors.Is(err, hub.ErrNotSubscribed):
+		return CodeNotSubscribed, err.Error()
+	case errors.Is(err, hub.ErrTooManySubscribers):
+		return CodeTooManyChannels, err.Error()
+	case errors.Is(err, hub.ErrNoPresence):
+		return CodeNotAvailable, err.Error()
+	case errors.Is(err, engine.ErrBacklog), errors.Is(err, hub.ErrBusy):
+		return CodeServerBusy, "the server is behind on delivering; retry later"
+	case errors.Is(err, broker.ErrTooManyChannels):
+		return CodeTooManyChannels, "the server keeps too many channels; retry later"
+	}
+	return CodeBrokerError, "the message bus failed; retry"
+}
+
+// ack writes {"type":"ack","id":…,"channel":…<more>}.
+func (h *Handler) ack(c engine.Conn, in *Inbound, more func(*jwriter.Writer)) {
+	w := writers.Get().(*replyWriter)
+	w.RawString(`{"type":"ack"`)
+	if len(in.ID) > 0 {
+		w.RawString(`,"id":`)
+		w.Raw(in.ID, nil)
+	}
+	if in.Channel != "" {
+		w.RawString(`,"channel":`)
+		w.String(in.Channel)
+	}
+	more(&w.Writer)
+	w.RawByte('}')
+	_ = send(c, w, false)
+}
+
+func writePosition(w *jwriter.Writer, p broker.Position) {
+	w.RawString(`,"offset":`)
+	w.Uint64(p.Offset)
+	w.RawString(`,"epoch":`)
+	w.String(p.Epoch)
+}
+
+// WritePresence writes a presence list as a JSON array.
+func WritePresence(w *jwriter.Writer, list []broker.ClientInfo) {
+	w.RawByte('[')
+	for i, ci := range list {
+		if i > 0 {
+			w.RawByte(',')
+		}
+		w.RawString(`{"client":`)
+		w.String(ci.Client)
+		w.RawString(`,"user":`)
+		w.String(ci.User)
+		if len(ci.Info) > 0 {
+			w.RawString(`,"info":`)
+			w.Raw(ci.Info, nil)
+		}
+		w.RawByte('}')
+	}
+	w.RawByte(']')
+}
+
+// WritePublications writes publications as a JSON array of
+// {"offset":N,"data":…}.
+func WritePublications(w *jwriter.Writer, pubs []broker.Publication) {
+	w.RawByte('[')
+	for i := range pubs {
+		if i > 0 {
+			w.RawByte(',')
+		}
+		w.RawString(`{"offset":`)
+		w.RawString(strconv.FormatUint(pubs[i].Offset, 10))
+		w.RawString(`,"data":`)
+		w.Raw(pubs[i].Data, nil)
+		w.RawByte('}')
+	}
+	w.RawByte(']')
+}
+
+func sendReply(c engine.Conn, r Reply) {
 	w := writers.Get().(*replyWriter)
 	r.MarshalEasyJSON(&w.Writer)
-	return send(c, w, broadcast)
+	_ = send(c, w, false)
 }
 
 func sendError(c engine.Conn, id []byte, code, message string) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"flag"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"os"
 	"regexp"
 	"sort"
 	"strconv"
@@ -17,7 +19,9 @@ import (
 	"github.com/BurntSushi/toml"
 	"github.com/peterbourgon/ff/v3"
 
+	"github.com/wsdproject/wsd/auth"
 	"github.com/wsdproject/wsd/engine"
+	"github.com/wsdproject/wsd/hub"
 	"github.com/wsdproject/wsd/protocol"
 )
 
@@ -36,7 +40,25 @@ type config struct {
 	logLevel     string
 	logFormat    string
 	configFile   string
-	flags        *flag.FlagSet // what set the fields above; for settings
+
+	// Channels, the API and authentication.
+	apiKey             string
+	nodeID             string
+	allowAnonymous     bool
+	allowClientPublish bool
+	jwtSecretFile      string
+	jwtPublicKeys      string
+	jwtAudience        string
+	jwtIssuer          string
+	tokenCookie        string
+	tokenCache         int
+	defaults           hub.ChannelOptions // channels outside any --namespace
+	namespaces         namespaces
+	maxSubscriptions   int
+	maxChannels        int
+	maxHistoryBytes    int64
+
+	flags *flag.FlagSet // what set the fields above; for settings
 }
 
 func newFlagSet(c *config) *flag.FlagSet {
@@ -68,6 +90,25 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.configFile, "config", "", "TOML file with settings (keys are flag names)")
+
+	fs.StringVar(&c.apiKey, "api-key", "", "key of the HTTP API on the admin listener (Authorization: apikey KEY); empty: no API")
+	fs.StringVar(&c.nodeID, "node-id", "", "this node's id in client ids and /api/info (empty: random)")
+	fs.BoolVar(&c.allowAnonymous, "allow-anonymous", false, "admit clients without a token when a JWT key is set (they may use public channels only); without any JWT key every client is anonymous")
+	fs.BoolVar(&c.allowClientPublish, "allow-client-publish", false, "let any client publish to public channels (otherwise publishing needs a token's publish claim)")
+	fs.StringVar(&c.jwtSecretFile, "jwt-secret-file", "", "file holding the HMAC secret for HS256/384/512 tokens")
+	fs.StringVar(&c.jwtPublicKeys, "jwt-public-keys", "", "comma-separated PEM files of public keys (RSA, ECDSA, Ed25519) for RS*/ES*/EdDSA tokens")
+	fs.StringVar(&c.jwtAudience, "jwt-audience", "", "if set, tokens must name this audience (aud)")
+	fs.StringVar(&c.jwtIssuer, "jwt-issuer", "", "if set, tokens must come from this issuer (iss)")
+	fs.StringVar(&c.tokenCookie, "token-cookie", "", "also read the token from this cookie (after Authorization: Bearer and the token query parameter)")
+	fs.IntVar(&c.tokenCache, "token-cache", 65536, "verified tokens remembered until they expire, so reconnect storms skip signature checks; 0 off")
+	fs.IntVar(&c.defaults.HistorySize, "history-size", 100, "publications each channel keeps for history and recovery (0: none)")
+	durationVar(fs, &c.defaults.HistoryTTL, "history-ttl", 5*time.Minute, "how long a publication stays in history")
+	fs.BoolVar(&c.defaults.Presence, "presence", false, "keep presence (who is subscribed) for channels")
+	fs.BoolVar(&c.defaults.JoinLeave, "join-leave", false, "send join and leave events to channels' subscribers")
+	fs.Var(&c.namespaces, "namespace", `channel options for channels "NAME:…" (repeatable): NAME:key=value,…; keys history_size, history_ttl, presence, join_leave; unset keys take the defaults`)
+	fs.IntVar(&c.maxSubscriptions, "max-subscriptions", 128, "channels one connection may be subscribed to at once")
+	fs.IntVar(&c.maxChannels, "max-channels", 100000, "channels the node keeps streams or presence for at once (more: TOO_MANY_CHANNELS)")
+	fs.Int64Var(&c.maxHistoryBytes, "max-history-bytes", 256<<20, "bytes of publication data kept in all histories together (oldest of a channel evicted first)")
 	return fs
 }
 
@@ -193,11 +234,22 @@ func parseConfig(args []string, stdout io.Writer) (*config, error) {
 		{"max-outbound-bytes", e.MaxOutboundBytes > 0},
 		{"max-broadcast-backlog", e.MaxBroadcastBacklog > 0},
 		{"drain-timeout", c.drainTimeout > 0},
+		{"history-ttl", c.defaults.HistoryTTL > 0},
+		{"max-subscriptions", c.maxSubscriptions > 0},
+		{"max-channels", c.maxChannels > 0},
+		{"max-history-bytes", c.maxHistoryBytes > 0},
+		{"token-cache", c.tokenCache >= 0},
 	} {
 		if !s.ok {
 			f := fs.Lookup(s.name)
 			return nil, fmt.Errorf("invalid --%s %s: must be greater than 0 (default %s)", s.name, f.Value, f.DefValue)
 		}
+	}
+	if c.defaults.HistorySize < 0 {
+		return nil, fmt.Errorf("invalid --history-size %d: must be 0 or more", c.defaults.HistorySize)
+	}
+	if c.nodeID != "" && !validNodeID(c.nodeID) {
+		return nil, fmt.Errorf("invalid --node-id %q: letters, digits, '_' and '-' only, at most 32", c.nodeID)
 	}
 	return c, nil
 }
@@ -260,6 +312,14 @@ func tomlParser(fs *flag.FlagSet) ff.ConfigFileParser {
 			var v string
 			switch x := m[k].(type) {
 			case []any:
+				if _, multi := fs.Lookup(k).Value.(multiValue); multi {
+					for _, p := range x {
+						if err := set(k, fmt.Sprint(p)); err != nil {
+							return fmt.Errorf("config file: key %q: %w", k, errors.Unwrap(err))
+						}
+					}
+					continue
+				}
 				parts := make([]string, len(x))
 				for i, p := range x {
 					parts[i] = fmt.Sprint(p)
@@ -332,7 +392,7 @@ func (c *config) settings(eff engine.Config) []slog.Attr {
 // isSecret reports whether a setting holds a credential, judged by its
 // name, so that a flag added later (an --admin-token, say) is masked in the
 // settings line without anyone having to remember it; masking a key file's
-// path too is the cheaper mistake. No setting is secret yet.
+// path too is the cheaper mistake.
 func isSecret(name string) bool {
 	for _, w := range []string{"secret", "password", "token", "key", "credential"} {
 		if strings.Contains(name, w) {
@@ -350,4 +410,38 @@ func (c *config) protocols() []string {
 		}
 	}
 	return out
+}
+
+// verifier returns the JWT verifier for the configured keys, or nil when
+// none is set (every client is then anonymous).
+func (c *config) verifier() (*auth.Verifier, error) {
+	var ac auth.Config
+	if c.jwtSecretFile != "" {
+		b, err := os.ReadFile(c.jwtSecretFile)
+		if err != nil {
+			return nil, fmt.Errorf("--jwt-secret-file: %v", err)
+		}
+		ac.HMACSecret = bytes.TrimRight(b, "\r\n")
+	}
+	for _, f := range strings.Split(c.jwtPublicKeys, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			ac.PublicKeyFiles = append(ac.PublicKeyFiles, f)
+		}
+	}
+	if ac.HMACSecret == nil && len(ac.PublicKeyFiles) == 0 {
+		if c.jwtAudience != "" || c.jwtIssuer != "" || c.tokenCookie != "" {
+			return nil, errors.New("--jwt-audience, --jwt-issuer and --token-cookie need a key (--jwt-secret-file or --jwt-public-keys)")
+		}
+		return nil, nil
+	}
+	ac.Audience, ac.Issuer = c.jwtAudience, c.jwtIssuer
+	ac.CacheSize = c.tokenCache
+	if c.tokenCache == 0 {
+		ac.CacheSize = -1
+	}
+	v, err := auth.NewVerifier(ac)
+	if err != nil {
+		return nil, fmt.Errorf("JWT keys: %w", err)
+	}
+	return v, nil
 }

@@ -3,8 +3,10 @@
 //	wsd [flags]          (wsd --help lists them with their WSD_* variables)
 //	wsd --version
 //
-// It serves the JSON protocol on /ws, an optional echo endpoint, and an
-// admin HTTP server with /metrics, /healthz and /readyz. SIGINT or SIGTERM
+// It serves the JSON protocol on /ws (channels, presence, history, JWT
+// authentication), an optional echo endpoint, and an admin HTTP server
+// with /metrics, /healthz, /readyz and the HTTP API (/api/*, with
+// --api-key). SIGINT or SIGTERM
 // stops accepting, closes every connection with 1001 and exits 0.
 //
 // Exit status: 0 after a clean drain, --help or --version; 2 for a
@@ -31,7 +33,9 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/wsdproject/wsd/broker"
 	"github.com/wsdproject/wsd/engine"
+	"github.com/wsdproject/wsd/hub"
 	"github.com/wsdproject/wsd/protocol"
 )
 
@@ -69,7 +73,31 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 		fmt.Fprintf(stderr, "wsd: %v\n", err)
 		return 2
 	}
-	if err := srv.Handle("/ws", protocol.Handler{}, engine.RouteOptions{Subprotocols: cfg.protocols()}); err != nil {
+	verifier, err := cfg.verifier()
+	if err != nil {
+		fmt.Fprintf(stderr, "wsd: %v\n", err)
+		return 2
+	}
+	mem := broker.NewMemory(broker.MemoryOptions{MaxChannels: cfg.maxChannels, MaxHistoryBytes: cfg.maxHistoryBytes, Logger: log})
+	h, err := hub.New(hub.Options{
+		Server:           srv,
+		Broker:           mem,
+		Channel:          cfg.namespaces.resolve(cfg.defaults),
+		MaxSubscriptions: cfg.maxSubscriptions,
+		NodeID:           cfg.nodeID,
+		Logger:           log,
+	})
+	if err != nil {
+		fmt.Fprintf(stderr, "wsd: %v\n", err)
+		return 1
+	}
+	defer mem.Close()
+	handler := protocol.New(protocol.Options{Hub: h, Verifier: verifier, Policy: hub.Policy{ClientPublish: cfg.allowClientPublish}, Logger: log})
+	wsOpts := engine.RouteOptions{
+		Subprotocols: cfg.protocols(),
+		Authenticate: protocol.Authenticator(verifier, cfg.tokenCookie, cfg.allowAnonymous || verifier == nil),
+	}
+	if err := srv.Handle("/ws", handler, wsOpts); err != nil {
 		fmt.Fprintf(stderr, "wsd: %v\n", err)
 		return 2
 	}
@@ -96,9 +124,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 	}
 	// Once both ports are bound: a failure to bind stays a one-line error.
 	log.LogAttrs(context.Background(), slog.LevelInfo, "settings", cfg.settings(srv.Config())...)
+	switch {
+	case verifier == nil:
+		log.Warn("no JWT key set (--jwt-secret-file, --jwt-public-keys): every client is anonymous and may use public channels only")
+	case cfg.allowAnonymous:
+		log.Info("clients without a token are admitted (--allow-anonymous) to public channels")
+	}
+	if cfg.apiKey == "" {
+		log.Info("HTTP API off: set --api-key to publish from a backend")
+	}
 	var admin *http.Server
 	if adminLn != nil {
-		admin = &http.Server{Handler: adminMux(srv), ReadHeaderTimeout: 5 * time.Second}
+		admin = &http.Server{Handler: adminMux(srv, &api{hub: h, srv: srv, mem: mem, key: cfg.apiKey, maxData: int(cfg.engine.MaxMessageBytes), log: log}), ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			if err := admin.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("admin server stopped", "err", err)
@@ -180,14 +217,16 @@ func writeRuntimeMetrics(w io.Writer) {
 	}
 }
 
-// adminMux serves the admin endpoints.
-func adminMux(srv *engine.Server) *http.ServeMux {
+// adminMux serves the admin endpoints and the HTTP API.
+func adminMux(srv *engine.Server, a *api) *http.ServeMux {
 	mux := http.NewServeMux()
+	a.register(mux)
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		// Every family writes its own HELP and TYPE once: the engine's with
 		// text, VictoriaMetrics' (ExposeMetadata) without.
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		srv.WriteMetrics(w)
+		a.writeMetrics(w)
 		writeRuntimeMetrics(w)
 		metrics.WritePrometheus(w, true)
 		// Each connection holds a descriptor, so open against allowed is

@@ -13,17 +13,14 @@ import (
 	"time"
 
 	"github.com/wsdproject/wsd/engine"
-	"github.com/wsdproject/wsd/internal/testserver"
-	"github.com/wsdproject/wsd/protocol"
+	"github.com/wsdproject/wsd/hub"
+	"github.com/wsdproject/wsd/internal/stack"
 )
 
 func startServer(t *testing.T) string {
 	t.Helper()
-	s := testserver.Start(t, engine.Config{Compression: true},
-		testserver.Route{Path: "/ws", Handler: protocol.Handler{}, Options: engine.RouteOptions{Subprotocols: []string{protocol.Subprotocol}}},
-		testserver.Route{Path: "/echo", Handler: engine.Echo{}},
-	)
-	return "ws://" + s.Addr().String()
+	s := stack.Start(t, stack.Options{Engine: engine.Config{Compression: true}, Policy: hub.Policy{ClientPublish: true}})
+	return "ws://" + s.Addr
 }
 
 func TestNodeClients(t *testing.T) {

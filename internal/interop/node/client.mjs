@@ -71,15 +71,22 @@ app.ws.send(JSON.stringify({ type: 'echo', id: 1, data: { hello: 'world', n: [1,
 const reply = JSON.parse(await app.next());
 if (reply.type !== 'echo_reply' || reply.id !== 1 || reply.data.hello !== 'world') fail(`echo_reply ${JSON.stringify(reply)}`);
 const peer = await open('/ws');
-app.ws.send(JSON.stringify({ type: 'broadcast', data: 'to all' }));
 for (const c of [app, peer]) {
-  const b = JSON.parse(await c.next());
-  if (b.type !== 'broadcast' || b.data !== 'to all') fail(`broadcast ${JSON.stringify(b)}`);
+  c.ws.send(JSON.stringify({ type: 'subscribe', channel: 'room', id: 's' }));
+  const a = JSON.parse(await c.next());
+  if (a.type !== 'ack' || a.id !== 's' || a.channel !== 'room') fail(`subscribe ack ${JSON.stringify(a)}`);
+}
+app.ws.send(JSON.stringify({ type: 'publish', channel: 'room', data: { text: 'to all' }, id: 'p' }));
+const pa = JSON.parse(await app.next());
+if (pa.type !== 'ack' || pa.id !== 'p' || !(pa.offset >= 1)) fail(`publish ack ${JSON.stringify(pa)}`);
+for (const c of [app, peer]) {
+  const m = JSON.parse(await c.next());
+  if (m.type !== 'message' || m.channel !== 'room' || m.offset !== pa.offset || m.epoch !== pa.epoch || m.data.text !== 'to all') fail(`message ${JSON.stringify(m)}`);
 }
 app.ws.send('{"type":"nope"}');
 const e = JSON.parse(await app.next());
 if (e.type !== 'error' || e.code !== 'UNKNOWN_MESSAGE_TYPE') fail(`error ${JSON.stringify(e)}`);
-console.log(`ok ${impl}: JSON protocol echo, broadcast and errors on /ws (subprotocol ${app.ws.protocol})`);
+console.log(`ok ${impl}: JSON protocol echo, subscribe, publish and errors on /ws (subprotocol ${app.ws.protocol})`);
 
 const closed = echo.closed();
 echo.ws.close(4000, 'done');

@@ -1,0 +1,200 @@
+// Package hub is wsd's channel layer on top of the engine: which
+// connections are subscribed to which channels, presence, history and
+// recovery, with publications carried by a broker.Broker.
+//
+// Each event loop keeps its own channel index (channel → the loop's
+// subscribers), touched only on that loop. A publication is encoded into
+// one WebSocket frame once, on the goroutine the broker delivers it on,
+// and every loop writes those same bytes to its own subscribers
+// (engine.Server.Fanout). No lock is taken on the delivery path; the
+// hub's one mutex guards the node's broker subscriptions (taken when a
+// loop gets its first subscriber of a channel or loses its last).
+package hub
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wsdproject/wsd/broker"
+	"github.com/wsdproject/wsd/engine"
+)
+
+// ChannelOptions are a channel's features, from its namespace.
+type ChannelOptions struct {
+	broker.ChannelOptions
+	// Presence keeps the channel's subscribers in the broker's presence.
+	Presence bool
+	// JoinLeave sends join and leave events to the channel's subscribers.
+	JoinLeave bool
+}
+
+// Options configure a Hub.
+type Options struct {
+	// Server is the engine the hub's connections live on.
+	Server *engine.Server
+	// Broker carries publications; it is started by New (Broker.Run).
+	Broker broker.Broker
+	// Channel returns a channel's options (from its namespace); nil gives
+	// every channel the zero options (no history, presence or events).
+	Channel func(name string) ChannelOptions
+	// MaxSubscriptions bounds the channels one connection may be subscribed
+	// to at once (default 128).
+	MaxSubscriptions int
+	// NodeID names this node (in client ids and /api/info); default: a
+	// random one.
+	NodeID string
+	Logger *slog.Logger
+}
+
+// Hub keeps channels for an engine.Server. Its methods are safe for
+// concurrent use unless they say otherwise; methods taking an engine.Conn
+// run on that connection's loop.
+type Hub struct {
+	srv     *engine.Server
+	b       broker.Broker
+	opts    Options
+	log     *slog.Logger
+	started time.Time
+
+	loops [256]atomic.Pointer[loopIndex] // each written and read by its own loop only (after creation)
+
+	mu   sync.Mutex     // guards subs and the broker Subscribe/Unsubscribe calls, in order
+	subs map[string]int // channel → loops of this node with subscribers of it
+
+	frames sync.Pool // *[]byte: publication encoding buffers
+	stats  Stats
+}
+
+// Stats are the hub's counters, for /metrics.
+type Stats struct {
+	Publications       atomic.Uint64 // publications fanned out to this node's loops
+	Refused            atomic.Uint64 // publications the engine refused to fan out (ErrBacklog)
+	Recovered          atomic.Uint64 // subscribes that recovered what they missed
+	Unrecoverable      atomic.Uint64 // subscribes told recovered:false
+	RecoveredMessages  atomic.Uint64 // publications replayed by recovery
+	SubscribesRefused  atomic.Uint64 // subscribes refused (limits, permissions, bad names)
+	DuplicatesFiltered atomic.Uint64 // live publications skipped because recovery had sent them
+}
+
+// loopIndex is one event loop's view of the channels. Owned by that loop.
+type loopIndex struct {
+	chans map[string]*localChan
+	users map[string][]engine.Conn // authenticated connections by user, for Disconnect
+}
+
+// localChan is one channel's subscribers on one loop.
+type localChan struct {
+	name string
+	opts ChannelOptions
+	subs []member
+}
+
+// member is one subscriber. after, while not 0, is the offset up to which
+// the subscriber already has the channel's publications (sent by its
+// recovery, or before its subscription began): live publications up to it
+// are skipped, so the switch from history to live has neither gap nor
+// duplicate. It is cleared at the first newer publication.
+type member struct {
+	c     engine.Conn
+	cl    *Client
+	after uint64
+}
+
+// New returns a hub over srv and starts its broker.
+func New(o Options) (*Hub, error) {
+	if o.Server == nil || o.Broker == nil {
+		return nil, errors.New("hub: Server and Broker are required")
+	}
+	if o.MaxSubscriptions <= 0 {
+		o.MaxSubscriptions = 128
+	}
+	if o.Channel == nil {
+		o.Channel = func(string) ChannelOptions { return ChannelOptions{} }
+	}
+	if o.NodeID == "" {
+		o.NodeID = randomID()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	h := &Hub{srv: o.Server, b: o.Broker, opts: o, log: o.Logger, started: time.Now(), subs: map[string]int{}}
+	h.frames.New = func() any { b := make([]byte, 0, 512); return &b }
+	if err := o.Broker.Run(h); err != nil {
+		return nil, fmt.Errorf("hub: start broker: %w", err)
+	}
+	return h, nil
+}
+
+// NodeID returns the node's id.
+func (h *Hub) NodeID() string { return h.opts.NodeID }
+
+// Stats returns the hub's counters.
+func (h *Hub) Stats() *Stats { return &h.stats }
+
+// Broker returns the hub's broker.
+func (h *Hub) Broker() broker.Broker { return h.b }
+
+// ChannelOptions returns the options of a channel.
+func (h *Hub) ChannelOptions(ch string) ChannelOptions { return h.opts.Channel(ch) }
+
+// index returns loop k's index, creating it; only on loop k.
+func (h *Hub) index(k int) *loopIndex {
+	if x := h.loops[k].Load(); x != nil {
+		return x
+	}
+	x := &loopIndex{chans: map[string]*localChan{}, users: map[string][]engine.Conn{}}
+	h.loops[k].Store(x)
+	return x
+}
+
+// nodeSubscribe records that a loop has its first subscriber of ch and
+// subscribes the node at the broker if it is the first loop.
+func (h *Hub) nodeSubscribe(ch string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.subs[ch] == 0 {
+		if err := h.b.Subscribe(ch); err != nil {
+			return err
+		}
+	}
+	h.subs[ch]++
+	return nil
+}
+
+// nodeUnsubscribe undoes nodeSubscribe.
+func (h *Hub) nodeUnsubscribe(ch string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch n := h.subs[ch]; n {
+	case 0:
+		return
+	case 1:
+		delete(h.subs, ch)
+		if err := h.b.Unsubscribe(ch); err != nil {
+			h.log.Warn("broker unsubscribe failed", "channel", ch, "err", err)
+		}
+	default:
+		h.subs[ch] = n - 1
+	}
+}
+
+// NodeChannels returns how many channels have subscribers on this node.
+func (h *Hub) NodeChannels() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.subs)
+}
+
+// Uptime returns how long the hub has run.
+func (h *Hub) Uptime() time.Duration { return time.Since(h.started) }
+
+// ClientID returns the cluster-wide id of a connection: the node id and
+// the engine's connection id.
+func (h *Hub) ClientID(c engine.Conn) string {
+	return h.opts.NodeID + "-" + strconv.FormatUint(c.ID(), 16)
+}
