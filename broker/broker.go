@@ -55,9 +55,10 @@ type Handler interface {
 	// HandlePublication delivers one publication of a channel the node is
 	// subscribed to (see Broker.Subscribe). pos is the publication's
 	// position. Calls for one channel are never concurrent and come in
-	// offset order; calls for different channels may be concurrent. The
-	// handler must not keep pub.Data past the call unless it copies it, and
-	// must not call back into the broker for the same channel.
+	// offset order; calls for different channels may be concurrent. pub
+	// (and its Data) is valid only during the call: the handler copies what
+	// it keeps, and must not call back into the broker for the same
+	// channel.
 	HandlePublication(channel string, pub *Publication, pos Position)
 	// HandleJoin and HandleLeave deliver presence events of channels the
 	// node is subscribed to; for one channel they are ordered with each
@@ -107,12 +108,14 @@ type Broker interface {
 	// last one leaves. Calls for one channel are made in order.
 	Subscribe(channel string) error
 	Unsubscribe(channel string) error
-	// History returns the channel's publications after since.Offset (all
-	// retained ones if since is nil), oldest first, at most limit of them
-	// (limit <= 0: all retained), and the stream's current position. When
-	// since is not nil and its epoch is not the current one, or
-	// publications after it are no longer retained, it returns
-	// ErrUnrecoverable with the current position (the client must refetch).
+	// History returns publications of the channel, oldest first, and the
+	// stream's current position. With since nil: the newest limit retained
+	// ones (limit <= 0: all retained). With since: every publication after
+	// since.Offset, all or nothing — ErrUnrecoverable (with the current
+	// position) when since's epoch is not the current one, when since is
+	// ahead of the stream, when a publication after it is no longer
+	// retained, or when more than limit (if > 0) follow it; the client must
+	// then refetch. The returned Data slices are shared: read only.
 	History(channel string, since *Position, limit int) ([]Publication, Position, error)
 	// AddPresence and RemovePresence record a connection in, and take it
 	// out of, a channel's presence. Presence lists connections by client id.
