@@ -15,9 +15,11 @@ build:
 	$(GO) build $(BUILDFLAGS) -o $(BIN)/wsd ./cmd/wsd
 	$(GO) build $(BUILDFLAGS) -o $(BIN)/wsbench ./bench/cmd/wsbench
 
-## run: run wsd with its embedded defaults (ws on :8080, admin on 127.0.0.1:9090)
+## run: run wsd with its embedded defaults (ws on :8080, admin on 127.0.0.1:9090) and the
+## HTTP API on with the key API_KEY (default "dev"; the admin listener is loopback-only)
+API_KEY ?= dev
 run: build
-	$(BIN)/wsd
+	$(BIN)/wsd --api-key $(API_KEY)
 
 ## test: every test, with the race detector (installs the Node interop client's npm package first)
 test: interop-deps test-go

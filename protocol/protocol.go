@@ -232,7 +232,7 @@ func (h *Handler) publish(c engine.Conn, cl *hub.Client, in *Inbound) {
 		h.fail(c, in, hub.ErrInvalidChannel)
 		return
 	case !cl.CanPublish(in.Channel, h.policy):
-		h.fail(c, in, hub.ErrForbidden)
+		sendError(c, in.ID, CodeForbidden, "publishing needs a token whose \"publish\" claim matches the channel (or a server started with --allow-client-publish, for public channels)")
 		return
 	case len(in.Data) == 0:
 		sendError(c, in.ID, CodeMissingData, `a publication needs "data"`)
