@@ -61,13 +61,15 @@ func (h *Hub) event(kind, ch string, info broker.ClientInfo) {
 	w.RawString(`{"type":"` + kind + `","channel":`)
 	w.String(ch)
 	w.RawString(`,"info":`)
-	appendInfo(&w, info)
+	WriteClientInfo(&w, info)
 	w.RawByte('}')
 	b, _ := w.BuildBytes()
 	_ = h.srv.Fanout(h, ch, 0, frame.OpText, b)
 }
 
-func appendInfo(w *jwriter.Writer, info broker.ClientInfo) {
+// WriteClientInfo writes a presence entry: {"client":…,"user":…,"info":…}
+// (info, raw JSON, only if there is one).
+func WriteClientInfo(w *jwriter.Writer, info broker.ClientInfo) {
 	w.RawString(`{"client":`)
 	w.String(info.Client)
 	w.RawString(`,"user":`)

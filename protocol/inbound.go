@@ -40,9 +40,9 @@ func (in *Inbound) decode(data []byte) error {
 		case "data":
 			in.Data = lex.Raw()
 		case "channel":
-			in.Channel = in.str(&lex)
+			in.Channel = in.str(&lex, true)
 		case "token":
-			in.Token = in.ustr(&lex)
+			in.Token = in.str(&lex, false)
 		case "limit":
 			if lex.CurrentToken() != jlexer.TokenNumber {
 				in.fieldErr = true
@@ -69,7 +69,7 @@ func (in *Inbound) decode(data []byte) error {
 						in.Since.Offset = lex.Uint64()
 					}
 				case "epoch":
-					in.Since.Epoch = in.str(&lex)
+					in.Since.Epoch = in.str(&lex, true)
 				default:
 					lex.SkipRecursive()
 				}
@@ -103,22 +103,16 @@ func (in *Inbound) decode(data []byte) error {
 	return nil
 }
 
-// str reads a string field, copied (it may outlive the message); ustr
-// without copying. Any other kind of value is a field error.
-func (in *Inbound) str(lex *jlexer.Lexer) string {
-	if lex.CurrentToken() != jlexer.TokenString {
+// str reads a string field, copied if it may outlive the message (owned),
+// else pointing into it. Any other kind of value is a field error.
+func (in *Inbound) str(lex *jlexer.Lexer, owned bool) string {
+	switch {
+	case lex.CurrentToken() != jlexer.TokenString:
 		in.fieldErr = true
 		lex.SkipRecursive()
 		return ""
-	}
-	return lex.String()
-}
-
-func (in *Inbound) ustr(lex *jlexer.Lexer) string {
-	if lex.CurrentToken() != jlexer.TokenString {
-		in.fieldErr = true
-		lex.SkipRecursive()
-		return ""
+	case owned:
+		return lex.String()
 	}
 	return lex.UnsafeString()
 }

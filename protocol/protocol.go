@@ -405,15 +405,7 @@ func WritePresence(w *jwriter.Writer, list []broker.ClientInfo) {
 		if i > 0 {
 			w.RawByte(',')
 		}
-		w.RawString(`{"client":`)
-		w.String(ci.Client)
-		w.RawString(`,"user":`)
-		w.String(ci.User)
-		if len(ci.Info) > 0 {
-			w.RawString(`,"info":`)
-			w.Raw(ci.Info, nil)
-		}
-		w.RawByte('}')
+		hub.WriteClientInfo(w, ci)
 	}
 	w.RawByte(']')
 }

@@ -5,7 +5,6 @@
 package stack
 
 import (
-	"context"
 	"net/http"
 	"testing"
 	"time"
@@ -86,14 +85,8 @@ func Start(t testing.TB, o Options) *Stack {
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		mem.Close()
-	})
+	t.Cleanup(func() { mem.Close() }) // after the server stops (cleanups run last first)
+	testserver.StopAtCleanup(t, srv)
 	return &Stack{Addr: srv.Addr().String(), Srv: srv, Hub: h, Mem: mem}
 }
 

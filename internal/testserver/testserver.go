@@ -57,6 +57,12 @@ func Start(t testing.TB, cfg engine.Config, routes ...Route) *engine.Server {
 	if err := s.Start(); err != nil {
 		t.Fatal(err)
 	}
+	StopAtCleanup(t, s)
+	return s
+}
+
+// StopAtCleanup shuts s down (10 s at most) when the test ends.
+func StopAtCleanup(t testing.TB, s *engine.Server) {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -64,7 +70,6 @@ func Start(t testing.TB, cfg engine.Config, routes ...Route) *engine.Server {
 			t.Errorf("shutdown: %v", err)
 		}
 	})
-	return s
 }
 
 // SyncBuffer is a bytes.Buffer that a server may write (logs, from its
