@@ -45,6 +45,11 @@ type Options struct {
 	// MaxSubscriptions bounds the channels one connection may be subscribed
 	// to at once (default 128).
 	MaxSubscriptions int
+	// MaxChannels bounds the channels with subscribers on this node
+	// (default 100,000): a subscribe that would add one more is refused
+	// with ErrTooManyChannels. Channel names come from clients, so this is
+	// what bounds the hub's channel records whatever they send.
+	MaxChannels int
 	// NodeID names this node (in client ids and /api/info); default: a
 	// random one.
 	NodeID string
@@ -79,6 +84,7 @@ type Stats struct {
 	RecoveredMessages  atomic.Uint64 // publications replayed by recovery
 	SubscribesRefused  atomic.Uint64 // subscribes refused (limits, permissions, bad names)
 	DuplicatesFiltered atomic.Uint64 // live publications skipped because recovery had sent them
+	ChannelsRefused    atomic.Uint64 // subscribes refused because the node has MaxChannels channels
 }
 
 // loopIndex is one event loop's view of the channels. Owned by that loop.
@@ -112,6 +118,9 @@ func New(o Options) (*Hub, error) {
 	}
 	if o.MaxSubscriptions <= 0 {
 		o.MaxSubscriptions = 128
+	}
+	if o.MaxChannels <= 0 {
+		o.MaxChannels = 100_000
 	}
 	if o.Channel == nil {
 		o.Channel = func(string) ChannelOptions { return ChannelOptions{} }
@@ -158,6 +167,10 @@ func (h *Hub) nodeSubscribe(ch string) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.subs[ch] == 0 {
+		if len(h.subs) >= h.opts.MaxChannels {
+			h.stats.ChannelsRefused.Add(1)
+			return ErrTooManyChannels
+		}
 		if err := h.b.Subscribe(ch); err != nil {
 			return err
 		}

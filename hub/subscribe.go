@@ -17,6 +17,7 @@ var (
 	ErrAlreadySubscribed  = errors.New("already subscribed to this channel")
 	ErrNotSubscribed      = errors.New("not subscribed to this channel")
 	ErrTooManySubscribers = errors.New("too many subscriptions on this connection")
+	ErrTooManyChannels    = errors.New("the node has as many channels as it may keep")
 )
 
 // SubscribeResult is what a subscribe tells the client.
@@ -69,6 +70,9 @@ func (h *Hub) Subscribe(c engine.Conn, cl *Client, ch string, since *broker.Posi
 		// The node subscribes at the broker before reading the stream's
 		// position, so no publication falls between the two.
 		if err := h.nodeSubscribe(ch); err != nil {
+			if errors.Is(err, ErrTooManyChannels) {
+				return res, err
+			}
 			return res, fmt.Errorf("broker subscribe: %w", err)
 		}
 		lc = &localChan{name: ch, opts: h.opts.Channel(ch)}

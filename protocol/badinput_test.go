@@ -81,6 +81,27 @@ func TestSubscriptionLimit(t *testing.T) {
 	}
 }
 
+// TestChannelLimit: the node keeps at most MaxChannels channels with
+// subscribers, whatever names clients send; one freed is one available.
+func TestChannelLimit(t *testing.T) {
+	s := startStack(t, stackOptions{MaxChannels: 3})
+	a, b := s.Dial(t, ""), s.Dial(t, "")
+	for _, ch := range []string{"x1", "x2", "x3"} {
+		subscribe(t, a, ch)
+	}
+	subscribe(t, b, "x1") // an existing channel is no new one
+	if m := call(t, b, `{"type":"subscribe","channel":"x4"}`); m.Code != protocol.CodeTooManyChannels {
+		t.Fatalf("fourth channel: %+v", m)
+	}
+	if m := call(t, a, `{"type":"unsubscribe","channel":"x3"}`); m.Type != "ack" {
+		t.Fatal(m)
+	}
+	subscribe(t, b, "x4")
+	if n := s.Hub.Stats().ChannelsRefused.Load(); n != 1 {
+		t.Fatalf("refusals counted: %d", n)
+	}
+}
+
 // TestFanoutAllocs: publishing to a channel allocates a small amount
 // whether it has 100 or 1,000 subscribers over two event loops: nothing per
 // delivered message (engine.TestZeroAllocs proves the fan-out itself

@@ -368,7 +368,7 @@ func ErrorCode(err error) (code, message string) {
 		return CodeNotAvailable, err.Error()
 	case errors.Is(err, engine.ErrBacklog), errors.Is(err, hub.ErrBusy):
 		return CodeServerBusy, "the server is behind on delivering; retry later"
-	case errors.Is(err, broker.ErrTooManyChannels):
+	case errors.Is(err, broker.ErrTooManyChannels), errors.Is(err, hub.ErrTooManyChannels):
 		return CodeTooManyChannels, "the server keeps too many channels; retry later"
 	}
 	return CodeBrokerError, "the message bus failed; retry"

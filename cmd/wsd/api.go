@@ -384,6 +384,7 @@ func (a *api) writeMetrics(w io.Writer) {
 	metric("wsd_recovered_publications_total", "counter", "Publications replayed by recovery.", st.RecoveredMessages.Load())
 	metric("wsd_subscribes_refused_total", "counter", "Subscribes refused (permissions, limits, bad names).", st.SubscribesRefused.Load())
 	metric("wsd_channels", "gauge", "Channels with subscribers on this node.", a.hub.NodeChannels())
+	metric("wsd_channels_refused_total", "counter", "Subscribes refused because the node had --max-channels channels with subscribers.", st.ChannelsRefused.Load())
 	ms := a.mem.Stats()
 	metric("wsd_broker_streams", "gauge", "Channel streams (offset and epoch) the memory broker keeps.", ms.Streams)
 	metric("wsd_broker_history_bytes", "gauge", "Bytes of publication data kept in histories (bounded by --max-history-bytes).", ms.HistoryBytes)

@@ -107,7 +107,7 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.BoolVar(&c.defaults.JoinLeave, "join-leave", false, "send join and leave events to channels' subscribers")
 	fs.Var(&c.namespaces, "namespace", `channel options for channels "NAME:…" (repeatable): NAME:key=value,…; keys history_size, history_ttl, presence, join_leave; unset keys take the defaults`)
 	fs.IntVar(&c.maxSubscriptions, "max-subscriptions", 128, "channels one connection may be subscribed to at once")
-	fs.IntVar(&c.maxChannels, "max-channels", 100000, "channels the node keeps streams or presence for at once (more: TOO_MANY_CHANNELS)")
+	fs.IntVar(&c.maxChannels, "max-channels", 100000, "channels with subscribers, and channel streams or presence sets, the node keeps at once (more: TOO_MANY_CHANNELS)")
 	fs.Int64Var(&c.maxHistoryBytes, "max-history-bytes", 256<<20, "bytes of publication data kept in all histories together (oldest of a channel evicted first)")
 	return fs
 }

@@ -84,6 +84,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 		Broker:           mem,
 		Channel:          cfg.namespaces.resolve(cfg.defaults),
 		MaxSubscriptions: cfg.maxSubscriptions,
+		MaxChannels:      cfg.maxChannels,
 		NodeID:           cfg.nodeID,
 		Logger:           log,
 	})

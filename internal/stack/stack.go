@@ -32,6 +32,8 @@ type Options struct {
 	Policy    hub.Policy
 	Tokens    bool // require HS256 tokens signed with Secret (Token makes them)
 	Anonymous bool // with Tokens: admit clients without one
+	// MaxChannels bounds the channels with subscribers (hub default if 0).
+	MaxChannels int
 }
 
 // Stack is a running endpoint.
@@ -64,7 +66,8 @@ func Start(t testing.TB, o Options) *Stack {
 			return hub.ChannelOptions{ChannelOptions: broker.ChannelOptions{HistorySize: 100, HistoryTTL: time.Minute}}
 		}
 	}
-	h, err := hub.New(hub.Options{Server: srv, Broker: mem, Channel: o.Channel, NodeID: "test", Logger: cfg.Logger})
+	h, err := hub.New(hub.Options{Server: srv, Broker: mem, Channel: o.Channel, NodeID: "test", Logger: cfg.Logger,
+		MaxChannels: o.MaxChannels})
 	if err != nil {
 		t.Fatal(err)
 	}
