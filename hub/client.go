@@ -19,7 +19,7 @@ type Policy struct {
 // Client is the hub's state of one connection, kept as its engine.Conn
 // Value. Owned by the connection's loop.
 type Client struct {
-	ID     string       // cluster-wide id (node id + connection id)
+	ID     string       // cluster-wide id (node id + connection id), set once shown in presence or events
 	Claims *auth.Claims // nil for an anonymous connection
 	subs   []subscription
 }

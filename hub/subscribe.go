@@ -88,14 +88,17 @@ func (h *Hub) Subscribe(c engine.Conn, cl *Client, ch string, since *broker.Posi
 	}
 	cl.subs = append(cl.subs, subscription{ch: lc, pos: int32(len(lc.subs))})
 	lc.subs = append(lc.subs, member{c: c, cl: cl, after: res.Position.Offset})
+	if (lc.opts.Presence || lc.opts.JoinLeave) && cl.ID == "" {
+		cl.ID = h.ClientID(c) // made when first shown: most connections never are
+	}
 	if lc.opts.Presence {
 		if err := h.b.AddPresence(ch, cl.Info()); err != nil {
-			h.log.Warn("presence not recorded", "conn", c.ID(), "channel", ch, "err", err)
+			h.log.Debug("presence not recorded", "conn", c.ID(), "channel", ch, "err", err)
 		}
 	}
 	if lc.opts.JoinLeave {
 		if err := h.b.PublishJoin(ch, cl.Info()); err != nil {
-			h.log.Warn("join event not sent", "conn", c.ID(), "channel", ch, "err", err)
+			h.log.Debug("join event not sent", "conn", c.ID(), "channel", ch, "err", err)
 		}
 	}
 	return res, nil
@@ -174,7 +177,6 @@ func (h *Hub) Gone(c engine.Conn, cl *Client) {
 // Opened registers an authenticated connection under its user, for
 // Disconnect. Only on c's loop, from the handler's OnOpen.
 func (h *Hub) Opened(c engine.Conn, cl *Client) {
-	cl.ID = h.ClientID(c)
 	if u := cl.User(); u != "" {
 		x := h.index(c.Loop())
 		x.users[u] = append(x.users[u], c)
@@ -203,12 +205,12 @@ func (h *Hub) drop(c engine.Conn, cl *Client, i int) {
 	cl.subs = cl.subs[:len(cl.subs)-1]
 	if lc.opts.Presence {
 		if err := h.b.RemovePresence(lc.name, cl.ID); err != nil {
-			h.log.Warn("presence not removed", "conn", c.ID(), "channel", lc.name, "err", err)
+			h.log.Debug("presence not removed", "conn", c.ID(), "channel", lc.name, "err", err)
 		}
 	}
 	if lc.opts.JoinLeave {
 		if err := h.b.PublishLeave(lc.name, cl.Info()); err != nil {
-			h.log.Warn("leave event not sent", "conn", c.ID(), "channel", lc.name, "err", err)
+			h.log.Debug("leave event not sent", "conn", c.ID(), "channel", lc.name, "err", err)
 		}
 	}
 	if len(lc.subs) == 0 {
