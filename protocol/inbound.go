@@ -56,6 +56,7 @@ func (in *Inbound) decode(data []byte) error {
 				break
 			}
 			in.HasSince = true
+			in.Since = Position{} // the last "since" wins, as for every field
 			lex.Delim('{')
 			for lex.Ok() && !lex.IsDelim('}') {
 				k := lex.UnsafeFieldName(false)
