@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,18 +16,22 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
 
 	"github.com/wsdproject/wsd/frame"
 )
 
-// SlowOptions describe a slow-consumer run: N clients that never read
-// while a broadcaster sends to every connection and a few fast readers
-// check that they still get everything, with the server's memory sampled
+// SlowOptions describe a slow-consumer run: N clients that never read, a
+// few fast readers and a broadcaster, all subscribed to one channel; the
+// broadcaster publishes to it (as a client: the server must allow client
+// publishing, wsd --allow-client-publish) while the fast readers check
+// that they still get everything, with the server's memory sampled
 // throughout.
 type SlowOptions struct {
 	URL         string        // ws://host:port/path of a running wsd's JSON protocol endpoint
 	Admin       string        // http://host:port of its admin listener
+	Channel     string        // the channel every client subscribes to and the broadcaster publishes to; "": SlowChannel
 	N           int           // non-reading clients
 	Readers     int           // fast readers
 	Size        int           // bytes of each broadcast's data (a JSON string), at least 32
@@ -42,6 +47,10 @@ type SlowOptions struct {
 	Progress    io.Writer     // live progress (nil: none)
 	Terminal    bool          // Progress is a terminal: rewrite one line instead of printing lines
 }
+
+// SlowChannel is the channel of a slow run unless SlowOptions.Channel
+// names another.
+const SlowChannel = "bench"
 
 // connsPerSource is how many connections dial from one source address:
 // well inside one address's ephemeral port range towards one server.
@@ -69,6 +78,7 @@ type SlowSample struct {
 	At                time.Time `json:"at"`
 	Elapsed           float64   `json:"elapsed_seconds"` // since the broadcast phase began (0 before it)
 	Sent              int64     `json:"broadcasts_sent"`
+	Refused           int64     `json:"broadcasts_refused"` // answered SERVER_BUSY: not published
 	ReadersMin        int64     `json:"fast_readers_min_received"`
 	BroadcasterGot    int64     `json:"broadcaster_received"`
 	RSS               *float64  `json:"server_rss_bytes"`
@@ -100,6 +110,7 @@ type NonReaderProbe struct {
 // baseline to the drained sample; nil means the server does not export
 // the metric.
 type SlowResult struct {
+	Channel             string         `json:"channel"`
 	NonReaders          int            `json:"non_readers_opened"`
 	NonReadersFailed    int            `json:"non_readers_failed"`
 	FirstError          string         `json:"first_dial_error,omitempty"`
@@ -110,10 +121,13 @@ type SlowResult struct {
 	RampSeconds         float64        `json:"ramp_seconds"`
 	PhaseSeconds        float64        `json:"phase_seconds"`
 	Sent                int64          `json:"broadcasts_sent"`
+	Acked               int64          `json:"broadcasts_acknowledged"` // published (the server's ack)
+	Refused             int64          `json:"broadcasts_refused"`      // not published: SERVER_BUSY (the server was behind)
 	StoppedBy           string         `json:"stopped_by"`
 	ReaderReceived      []int64        `json:"fast_reader_received"`
-	ReaderMissing       []int64        `json:"fast_reader_missing"`
-	ReaderClosed        []string       `json:"fast_reader_closed"` // why a reader's connection ended early ("" if it did not)
+	ReaderMissing       []int64        `json:"fast_reader_missing"`      // of those published
+	ReaderOutOfOrder    []int64        `json:"fast_reader_out_of_order"` // at or before one already received
+	ReaderClosed        []string       `json:"fast_reader_closed"`       // why a reader's connection ended early ("" if it did not)
 	AllReadersComplete  bool           `json:"all_fast_readers_got_every_broadcast"`
 	BroadcasterReceived int64          `json:"broadcaster_received"`
 	RSSBaseline         *float64       `json:"server_rss_baseline_bytes"`
@@ -141,17 +155,57 @@ type SlowResult struct {
 }
 
 // fastReader reads everything its connection is sent and counts the run's
-// broadcasts, checking their sequence numbers.
+// publications (the messages with the run's tag), checking their order.
+// The broadcaster's reader is one too, and also counts the answers to its
+// publishes.
 type fastReader struct {
 	c        *wsClient
-	received atomic.Int64
-	missing  atomic.Int64
-	next     int64       // the sequence number expected next (reader goroutine only)
-	onOwn    func()      // called for each of the run's broadcasts (the broadcaster's window)
-	closing  atomic.Bool // we are closing it: its end is not an error
+	received atomic.Int64 // the run's publications, each later than the one before
+	disorder atomic.Int64 // the run's publications at or before one already received
+	next     int64        // the sequence number expected next (reader goroutine only)
+	onOwn    func()       // called for each of the run's publications (the broadcaster's window)
+	pub      *publishAcks // the broadcaster's answers; nil for a fast reader
+	closing  atomic.Bool  // we are closing it: its end is not an error
+	started  bool         // run was started (by the goroutine that runs RunSlow)
 	stopOnce sync.Once
 	done     chan struct{}
 	endErr   error // why it ended, if not by our close; set before done closes
+}
+
+// publishAcks counts the server's answers to the broadcaster's publishes.
+type publishAcks struct {
+	channel   string
+	acked     atomic.Int64 // published
+	refused   atomic.Int64 // SERVER_BUSY: not published, not retried
+	onRefused func()       // called for each refusal (its slot in the window is free)
+	failOnce  sync.Once
+	failed    chan struct{} // closed at the first other error answer
+	failErr   error         // that answer; set before failed closes
+}
+
+// answer counts msg if it answers one of the run's publishes (ids "p…").
+func (a *publishAcks) answer(msg []byte) {
+	if !bytes.HasPrefix(msg, []byte(`{"type":"ack"`)) && !bytes.HasPrefix(msg, []byte(`{"type":"error"`)) {
+		return
+	}
+	var r slowReply
+	if json.Unmarshal(msg, &r) != nil || !bytes.HasPrefix(r.ID, []byte(`"p`)) {
+		return
+	}
+	switch {
+	case r.Type == "ack":
+		a.acked.Add(1)
+	case r.Code == slowCodeBusy:
+		a.refused.Add(1)
+		if a.onRefused != nil {
+			a.onRefused()
+		}
+	default:
+		a.failOnce.Do(func() {
+			a.failErr = slowRefusal("publish", a.channel, r)
+			close(a.failed)
+		})
+	}
 }
 
 func (f *fastReader) run(needle []byte) {
@@ -172,29 +226,39 @@ func (f *fastReader) run(needle []byte) {
 		}
 		seq, ok := parseSeq(msg, needle)
 		if !ok {
+			if f.pub != nil {
+				f.pub.answer(msg)
+			}
 			continue // someone else's message
 		}
-		if seq > f.next {
-			f.missing.Add(seq - f.next)
-		}
-		if seq >= f.next {
+		if seq < f.next {
+			f.disorder.Add(1)
+		} else {
 			f.next = seq + 1
+			f.received.Add(1)
 		}
-		f.received.Add(1)
 		if f.onOwn != nil {
 			f.onOwn()
 		}
 	}
 }
 
-// stop closes the connection and waits for the reader to end; it may be
-// called more than once.
+// start starts the reader.
+func (f *fastReader) start(needle []byte) {
+	f.started = true
+	go f.run(needle)
+}
+
+// stop closes the connection and waits for the reader, if started, to
+// end; it may be called more than once.
 func (f *fastReader) stop() {
 	f.stopOnce.Do(func() {
 		f.closing.Store(true)
 		f.c.close()
 	})
-	<-f.done
+	if f.started {
+		<-f.done
+	}
 }
 
 // ended reports whether the reader's connection ended before we closed it.
@@ -226,21 +290,132 @@ func parseSeq(msg, needle []byte) (int64, bool) {
 	return n, true
 }
 
-// broadcastMessage builds the client message {"type":"broadcast","data":"<tag>:<seq>:xxx…"}
-// whose data is size bytes, and returns it with the offset of the sequence digits.
-func broadcastMessage(tag string, size int) ([]byte, int) {
-	m := []byte(`{"type":"broadcast","data":"` + tag + ":")
-	at := len(m)
+// publishMessage builds the client message
+// {"type":"publish","channel":…,"id":"p<seq>","data":"<tag>:<seq>:xxx…"} whose data
+// is size bytes, and returns it with the offsets of the two copies of the
+// sequence digits (putSeq fills both).
+func publishMessage(channel, tag string, size int) ([]byte, [2]int) {
+	ch, _ := json.Marshal(channel)
+	m := append([]byte(`{"type":"publish","channel":`), ch...)
+	m = append(m, `,"id":"p`...)
+	var at [2]int
+	at[0] = len(m)
+	m = append(m, strings.Repeat("0", seqDigits)+`","data":"`+tag+":"...)
+	at[1] = len(m)
 	m = append(m, strings.Repeat("0", seqDigits)+":"...)
 	// data is `"` tag `:` digits `:` padding `"`
 	m = append(m, strings.Repeat("x", size-(len(tag)+seqDigits+4))...)
 	return append(m, `"}`...), at
 }
 
-func putSeq(m []byte, at int, seq int64) {
+func putSeq(m []byte, at [2]int, seq int64) {
 	for i := seqDigits - 1; i >= 0; i-- {
-		m[at+i] = byte('0' + seq%10)
+		m[at[0]+i] = byte('0' + seq%10)
+		m[at[1]+i] = m[at[0]+i]
 		seq /= 10
+	}
+}
+
+// slowReply is a server answer: an ack or an error.
+type slowReply struct {
+	Type    string          `json:"type"`
+	ID      json.RawMessage `json:"id"`
+	Code    string          `json:"code"`
+	Message string          `json:"message"`
+}
+
+const (
+	slowCodeBusy      = "SERVER_BUSY"
+	slowCodeForbidden = "FORBIDDEN"
+)
+
+// slowRefusal is the error for an error answer to a subscribe or a
+// publish, with what to do about the usual one.
+func slowRefusal(what, channel string, r slowReply) error {
+	err := fmt.Errorf("the server refused to %s on channel %q: %s: %s", what, channel, r.Code, r.Message)
+	switch {
+	case r.Code == slowCodeForbidden && what == "publish":
+		return fmt.Errorf("%w; start wsd with --allow-client-publish (the broadcaster publishes as an anonymous client)", err)
+	case r.Code == slowCodeForbidden:
+		return fmt.Errorf("%w (the run's clients are anonymous: the channel must be a public one)", err)
+	}
+	return err
+}
+
+// slowAnswer decodes msg if it is the answer to the request with id (a
+// JSON string).
+func slowAnswer(msg []byte, id string) (slowReply, bool) {
+	var r slowReply
+	if !bytes.HasPrefix(msg, []byte(`{"type":"ack"`)) && !bytes.HasPrefix(msg, []byte(`{"type":"error"`)) {
+		return r, false
+	}
+	if json.Unmarshal(msg, &r) != nil || string(r.ID) != `"`+id+`"` {
+		return r, false
+	}
+	return r, true
+}
+
+// slowRequest sends msg on c and reads (at most timeout) until the answer
+// to id, skipping anything else; an error answer is an error. Only before
+// c's reader starts.
+func slowRequest(c *wsClient, msg []byte, what, channel, id string, timeout time.Duration) error {
+	if err := c.write(frame.OpText, msg, timeout); err != nil {
+		return err
+	}
+	c.conn.SetReadDeadline(time.Now().Add(timeout))
+	defer c.conn.SetReadDeadline(time.Time{})
+	for {
+		_, p, err := c.readMessage()
+		if err != nil {
+			return fmt.Errorf("waiting for the answer to %s: %w", what, err)
+		}
+		if r, ok := slowAnswer(p, id); ok {
+			if r.Type != "ack" {
+				return slowRefusal(what, channel, r)
+			}
+			return nil
+		}
+	}
+}
+
+func subscribeMessage(channel string) []byte {
+	ch, _ := json.Marshal(channel)
+	return []byte(`{"type":"subscribe","channel":` + string(ch) + `,"id":"sub"}`)
+}
+
+// subscribeNonReader subscribes a non-reader's socket to channel and reads
+// the ack, the one message it ever reads: frame by frame straight from the
+// socket, so nothing after the ack is taken from the kernel's buffer.
+func subscribeNonReader(conn *net.TCPConn, channel string) error {
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	defer conn.SetDeadline(time.Time{})
+	if _, err := conn.Write(frame.AppendMaskedFrame(nil, true, frame.OpText, 0, clientMask, subscribeMessage(channel))); err != nil {
+		return err
+	}
+	for {
+		h, err := ws.ReadHeader(conn)
+		if err != nil {
+			return fmt.Errorf("waiting for the subscribe ack: %w", err)
+		}
+		if h.Length > 64<<10 {
+			return fmt.Errorf("a %d-byte frame before the subscribe ack", h.Length)
+		}
+		p := make([]byte, h.Length)
+		if _, err := io.ReadFull(conn, p); err != nil {
+			return fmt.Errorf("waiting for the subscribe ack: %w", err)
+		}
+		if h.OpCode == frame.OpClose {
+			return errors.New("closed by the server before the subscribe ack")
+		}
+		if h.OpCode != frame.OpText || !h.Fin {
+			continue
+		}
+		if r, ok := slowAnswer(p, "sub"); ok {
+			if r.Type != "ack" {
+				return slowRefusal("subscribe", channel, r)
+			}
+			return nil
+		}
 	}
 }
 
@@ -283,6 +458,9 @@ func RunSlow(parent context.Context, o SlowOptions) (*SlowResult, error) {
 	if o.MaxRSS == 0 {
 		o.MaxRSS = meminfoBytes("MemTotal") / 2
 	}
+	if o.Channel == "" {
+		o.Channel = SlowChannel
+	}
 	var rl unix.Rlimit
 	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil {
 		if need := uint64(o.N + o.Readers + 64); need > rl.Cur {
@@ -292,7 +470,7 @@ func RunSlow(parent context.Context, o SlowOptions) (*SlowResult, error) {
 	ctx, cancel := context.WithTimeout(parent, o.Timeout)
 	defer cancel()
 	s := &slowRun{o: o, target: u.Host, path: u.RequestURI(), began: time.Now(),
-		r: &SlowResult{Readers: o.Readers, Size: o.Size, Rate: o.Rate, Window: o.Window}}
+		r: &SlowResult{Channel: o.Channel, Readers: o.Readers, Size: o.Size, Rate: o.Rate, Window: o.Window}}
 
 	s.base = s.sample(ctx, "baseline")
 	if s.base.Err != "" {
@@ -300,21 +478,13 @@ func RunSlow(parent context.Context, o SlowOptions) (*SlowResult, error) {
 	}
 	s.keep(s.base)
 	if s.base.Open != nil && *s.base.Open > 0 {
-		fmt.Fprintf(os.Stderr, "wsbench: note: the server already has %.0f connections open; they get the broadcasts too\n", *s.base.Open)
+		fmt.Fprintf(os.Stderr, "wsbench: note: the server already has %.0f connections open; those subscribed to %q get the broadcasts too\n", *s.base.Open, o.Channel)
 	}
 
-	// Open the non-readers, then the fast readers and the broadcaster.
-	nonReaders, err := s.openNonReaders(ctx)
-	defer func() {
-		for _, c := range nonReaders {
-			if c != nil {
-				c.Close()
-			}
-		}
-	}()
-	if err != nil {
-		return nil, err
-	}
+	// The broadcaster first: it subscribes and publishes a check message, so
+	// that a server that does not let clients publish is caught at once. Then
+	// the non-readers, then the fast readers, each subscribed (the ack
+	// read) before the next step.
 	tag := fmt.Sprintf("%08x", rand.Uint32())
 	needle := []byte(`"` + tag + ":")
 	tokens := make(chan struct{}, o.Window)
@@ -326,24 +496,42 @@ func RunSlow(parent context.Context, o SlowOptions) (*SlowResult, error) {
 			s.bcast.stop()
 		}
 	}()
-	for i := range o.Readers + 1 {
-		conn, err := dialUpgraded(ctx, s.target, s.path, o.Source)
-		if err != nil {
-			return nil, fmt.Errorf("open a fast reader or the broadcaster: %w", err)
+	bc, err := s.openReader(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("open the broadcaster: %w", err)
+	}
+	s.bcast = bc
+	check, _ := json.Marshal(map[string]any{"type": "publish", "channel": o.Channel, "id": "check", "data": map[string]string{"wsbench": "slow check"}})
+	if err := slowRequest(bc.c, check, "publish", o.Channel, "check", 10*time.Second); err != nil {
+		return nil, fmt.Errorf("the broadcaster's first publish: %w", err)
+	}
+	bc.onOwn = func() {
+		select {
+		case <-tokens:
+		default:
 		}
-		f := &fastReader{c: newWSClient(conn), done: make(chan struct{})}
-		if i == o.Readers {
-			f.onOwn = func() {
-				select {
-				case <-tokens:
-				default:
-				}
+	}
+	bc.pub = &publishAcks{channel: o.Channel, onRefused: bc.onOwn, failed: make(chan struct{})}
+	nonReaders, err := s.openNonReaders(ctx)
+	defer func() {
+		for _, c := range nonReaders {
+			if c != nil {
+				c.Close()
 			}
-			s.bcast = f
-		} else {
-			s.readers = append(s.readers, f)
 		}
-		go f.run(needle)
+	}()
+	if err != nil {
+		return nil, err
+	}
+	for range o.Readers {
+		f, err := s.openReader(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("open a fast reader: %w", err)
+		}
+		s.readers = append(s.readers, f)
+	}
+	for _, f := range append([]*fastReader{s.bcast}, s.readers...) {
+		f.start(needle)
 	}
 	s.r.RampSeconds = time.Since(s.began).Seconds()
 	s.r.ReaderClosed = make([]string, o.Readers)
@@ -371,9 +559,25 @@ func RunSlow(parent context.Context, o SlowOptions) (*SlowResult, error) {
 	return s.r, nil
 }
 
+// openReader opens a reading client (a fast reader or the broadcaster) and
+// subscribes it to the channel; its reader is not started.
+func (s *slowRun) openReader(ctx context.Context) (*fastReader, error) {
+	conn, err := dialUpgraded(ctx, s.target, s.path, s.o.Source)
+	if err != nil {
+		return nil, err
+	}
+	f := &fastReader{c: newWSClient(conn), done: make(chan struct{})}
+	if err := slowRequest(f.c, subscribeMessage(s.o.Channel), "subscribe", s.o.Channel, "sub", 10*time.Second); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
 // openNonReaders opens the non-reading clients: plain blocking sockets
-// after the upgrade, never read, no goroutine each. It goes on if some
-// fail (the server may refuse some), but not if all do.
+// that, after the upgrade, subscribe to the channel, read the ack and
+// then never read again, no goroutine each. It goes on if some fail (the
+// server may refuse some), but not if all do.
 func (s *slowRun) openNonReaders(ctx context.Context) ([]*net.TCPConn, error) {
 	o := s.o
 	conns := make([]*net.TCPConn, o.N)
@@ -391,6 +595,11 @@ func (s *slowRun) openNonReaders(ctx context.Context) ([]*net.TCPConn, error) {
 					return
 				}
 				c, err := dialUpgraded(ctx, s.target, s.path, addIP(o.Source, k/connsPerSource))
+				if err == nil {
+					if err = subscribeNonReader(c, o.Channel); err != nil {
+						c.Close()
+					}
+				}
 				if err != nil {
 					failed.Add(1)
 					errOnce.Do(func() { firstErr = err })
@@ -472,13 +681,14 @@ func (s *slowRun) broadcastPhase(ctx, parent context.Context, tag string, tokens
 			// Every tick checks the server's RSS against MaxRSS; a sample
 			// is kept (and printed) once per Interval.
 			smp := s.sample(ctx, "run")
-			// A server that queues every broadcast for every connection
-			// will still queue the broadcasts on their way (sent, not yet
-			// back at the broadcaster) after we stop: count them in.
+			// A server that queues every broadcast for every subscriber
+			// will still queue the broadcasts on their way (sent, not
+			// refused, not yet back at the broadcaster) after we stop:
+			// count them in.
 			var rss, pending float64
 			if smp.RSS != nil {
 				rss = *smp.RSS
-				pending = float64(smp.Sent-smp.BroadcasterGot) * float64(s.r.NonReaders+o.Readers+1) * float64(o.Size+64)
+				pending = float64(max(smp.Sent-smp.Refused-smp.BroadcasterGot, 0)) * float64(s.r.NonReaders+o.Readers+1) * float64(o.Size+128)
 			}
 			over := o.MaxRSS > 0 && smp.RSS != nil && rss+pending > o.MaxRSS
 			if over || now.Sub(last) >= o.Interval-guard/2 {
@@ -505,11 +715,16 @@ func (s *slowRun) broadcastPhase(ctx, parent context.Context, tag string, tokens
 	s.endProgress()
 }
 
-// send is the broadcaster: it paces broadcasts at Rate, keeps at most
-// Window of them on their way back to itself, and returns why it stopped.
+// send is the broadcaster: it paces broadcasts (publishes) at Rate, keeps
+// at most Window of them on their way back to itself, and returns why it
+// stopped. A publish the server refuses as SERVER_BUSY is not retried (its
+// number is skipped: the readers expect only what was published); the
+// broadcaster pauses 50 ms after one. Any other error answer ends the run.
 func (s *slowRun) send(ctx context.Context, tag string, tokens chan struct{}) string {
 	o := s.o
-	msg, at := broadcastMessage(tag, o.Size)
+	acks := s.bcast.pub
+	msg, at := publishMessage(o.Channel, tag, o.Size)
+	var refused int64
 	var period time.Duration
 	if o.Rate > 0 {
 		period = time.Duration(float64(time.Second) / o.Rate)
@@ -532,12 +747,23 @@ func (s *slowRun) send(ctx context.Context, tag string, tokens chan struct{}) st
 			}
 			next = next.Add(period)
 		}
+		if n := acks.refused.Load(); n > refused {
+			refused = n
+			timer.Reset(50 * time.Millisecond)
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+				return "stopped"
+			}
+		}
 		select {
 		case tokens <- struct{}{}:
 		case <-ctx.Done():
 			return "stopped"
 		case <-s.bcast.done:
 			return fmt.Sprintf("broadcaster's connection ended: %v", s.bcast.endErr)
+		case <-acks.failed:
+			return acks.failErr.Error()
 		}
 		if ctx.Err() != nil {
 			return "stopped"
@@ -554,17 +780,19 @@ func (s *slowRun) send(ctx context.Context, tag string, tokens chan struct{}) st
 	return "count"
 }
 
-// drain waits (at most 10 s) for the fast readers and the broadcaster to
-// receive every broadcast sent.
+// drain waits (at most 10 s) for the broadcaster to have an answer to
+// every publish, and for it and the fast readers to receive every
+// broadcast published.
 func (s *slowRun) drain(ctx context.Context) {
 	if ctx.Err() != nil {
 		return
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		sent, behind := s.sent.Load(), false
+		sent, refused := s.sent.Load(), s.bcast.pub.refused.Load()
+		behind := !s.bcast.ended() && s.bcast.pub.acked.Load()+refused < sent
 		for _, f := range append([]*fastReader{s.bcast}, s.readers...) {
-			if !f.ended() && f.received.Load() < sent {
+			if !f.ended() && f.received.Load() < sent-refused {
 				behind = true
 			}
 		}
@@ -608,6 +836,9 @@ func (s *slowRun) sample(ctx context.Context, phase string) SlowSample {
 	}
 	if s.bcast != nil {
 		smp.BroadcasterGot = s.bcast.received.Load()
+		if s.bcast.pub != nil {
+			smp.Refused = s.bcast.pub.refused.Load()
+		}
 	}
 	_, smp.HostTCPMem = sockstatTCP()
 	m, err := ScrapeMetrics(ctx, s.o.Admin, 5*time.Second)
@@ -682,19 +913,25 @@ func (s *slowRun) line(smp SlowSample) string {
 		mib(smp.RSS), signedMiB(sub(smp.RSS, s.start.RSS)), mib(smp.Buffered), mib(&smp.HostTCPMem),
 		count(sub(smp.SlowClose, s.base.SlowClose)), count(sub(smp.SlowDrop, s.base.SlowDrop)),
 		count(sub(smp.DroppedFrames, s.base.DroppedFrames)), count(smp.Open),
-		fmt.Sprintf("%d/%d", smp.ReadersMin, smp.Sent))
+		fmt.Sprintf("%d/%d", smp.ReadersMin, smp.Sent-smp.Refused))
 }
 
 // finish computes the result's summary figures.
 func (s *slowRun) finish(final, released SlowSample) {
 	r := s.r
 	r.Sent = s.sent.Load()
-	r.AllReadersComplete = true
+	r.Acked, r.Refused = s.bcast.pub.acked.Load(), s.bcast.pub.refused.Load()
+	// Every publish answered, and every reader got, in order, as many of
+	// the run's publications as were published: exactly those, since the
+	// refused ones are never delivered.
+	published := r.Sent - r.Refused
+	r.AllReadersComplete = r.Acked == published
 	for i, f := range s.readers {
-		n, miss := f.received.Load(), f.missing.Load()
+		n, disorder := f.received.Load(), f.disorder.Load()
 		r.ReaderReceived = append(r.ReaderReceived, n)
-		r.ReaderMissing = append(r.ReaderMissing, miss)
-		if n != r.Sent || miss != 0 || r.ReaderClosed[i] != "" {
+		r.ReaderMissing = append(r.ReaderMissing, max(published-n, 0))
+		r.ReaderOutOfOrder = append(r.ReaderOutOfOrder, disorder)
+		if n != published || disorder != 0 || r.ReaderClosed[i] != "" {
 			r.AllReadersComplete = false
 		}
 	}
@@ -784,26 +1021,28 @@ func (r *SlowResult) Print(w io.Writer) {
 	if r.Rate > 0 {
 		asked = fmt.Sprintf("%.0f/s asked", r.Rate)
 	}
-	fmt.Fprintf(w, "clients                        %d non-readers (%d failed to open), %d fast readers, 1 broadcaster; ramp %.1f s\n",
-		r.NonReaders, r.NonReadersFailed, r.Readers, r.RampSeconds)
+	fmt.Fprintf(w, "clients                        %d non-readers (%d failed to open), %d fast readers, 1 broadcaster, all on channel %q; ramp %.1f s\n",
+		r.NonReaders, r.NonReadersFailed, r.Readers, r.Channel, r.RampSeconds)
 	fmt.Fprintf(w, "broadcasts                     %d of %d data bytes in %.1f s: %.1f/s (%s, window %d); stopped by %s\n",
 		r.Sent, r.Size, r.PhaseSeconds, rate, asked, r.Window, r.StoppedBy)
+	fmt.Fprintf(w, "published                      %d acknowledged, %d refused (SERVER_BUSY: the server was behind)\n", r.Acked, r.Refused)
 	lo, hi := int64(-1), int64(0)
-	var missing int64
+	var missing, disorder int64
 	for i, n := range r.ReaderReceived {
 		if lo < 0 || n < lo {
 			lo = n
 		}
 		hi = max(hi, n)
 		missing += r.ReaderMissing[i]
+		disorder += r.ReaderOutOfOrder[i]
 	}
 	lo = max(lo, 0)
 	verdict := "NO"
 	if r.AllReadersComplete {
 		verdict = "yes"
 	}
-	fmt.Fprintf(w, "every fast reader got all      %s (received %d to %d of %d; %d gaps in sequence; broadcaster got %d back)\n",
-		verdict, lo, hi, r.Sent, missing, r.BroadcasterReceived)
+	fmt.Fprintf(w, "every fast reader got all      %s (received %d to %d of %d published; %d missing, %d out of order; broadcaster got %d back)\n",
+		verdict, lo, hi, r.Sent-r.Refused, missing, disorder, r.BroadcasterReceived)
 	for i, why := range r.ReaderClosed {
 		if why != "" {
 			fmt.Fprintf(w, "  fast reader %d ended early:   %s\n", i, why)

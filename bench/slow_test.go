@@ -13,29 +13,37 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
-	"github.com/wsdproject/wsd/engine"
-	"github.com/wsdproject/wsd/internal/testserver"
-	"github.com/wsdproject/wsd/protocol"
+	"github.com/wsdproject/wsd/hub"
+	"github.com/wsdproject/wsd/internal/stack"
 )
 
-// TestSlowRun runs a small slow-consumer measurement end to end against an
-// in-process server with the JSON protocol on /ws: 50 clients that never
-// read, 3 fast readers, 200 broadcasts of 16 KiB. It checks the result's
-// shape and that the fast readers got every broadcast; it asserts nothing
-// about memory or timing beyond the run's own bound.
-func TestSlowRun(t *testing.T) {
-	srv := testserver.Start(t, engine.Config{}, testserver.Route{Path: "/ws", Handler: protocol.Handler{}})
-	admin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		srv.WriteMetrics(w)
+// slowServer starts an in-process wsd endpoint (engine, memory broker,
+// hub, JSON protocol on /ws) with policy, and an admin server for its
+// metrics.
+func slowServer(t *testing.T, policy hub.Policy) (ws, admin string) {
+	st := stack.Start(t, stack.Options{Policy: policy})
+	a := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		st.Srv.WriteMetrics(w)
 		metrics.WritePrometheus(w, true)
 	}))
-	defer admin.Close()
+	t.Cleanup(a.Close)
+	return "ws://" + st.Addr + "/ws", a.URL
+}
+
+// TestSlowRun runs a small slow-consumer measurement end to end against an
+// in-process server with the JSON protocol on /ws that lets clients
+// publish: 50 subscribers that never read, 3 fast readers, 200
+// publications of 16 KiB. It checks the result's shape and that the fast
+// readers got every publication; it asserts nothing about memory or
+// timing beyond the run's own bound.
+func TestSlowRun(t *testing.T) {
+	url, admin := slowServer(t, hub.Policy{ClientPublish: true})
 
 	const timeout = 90 * time.Second
 	var progress bytes.Buffer
 	began := time.Now()
 	r, err := RunSlow(context.Background(), SlowOptions{
-		URL: "ws://" + srv.Addr().String() + "/ws", Admin: admin.URL,
+		URL: url, Admin: admin,
 		N: 50, Readers: 3, Size: 16 << 10, Rate: 0, Window: 16, Count: 200,
 		Duration: 60 * time.Second, Interval: 100 * time.Millisecond, Timeout: timeout,
 		Source: net.ParseIP("127.0.0.2"), Concurrency: 8, Progress: &progress,
@@ -55,9 +63,12 @@ func TestSlowRun(t *testing.T) {
 	if r.Sent != 200 || r.StoppedBy != "count" {
 		t.Fatalf("sent %d broadcasts, stopped by %q; want 200, by count", r.Sent, r.StoppedBy)
 	}
+	if r.Acked != 200 || r.Refused != 0 || r.Channel != SlowChannel {
+		t.Fatalf("%d publications acknowledged, %d refused, on channel %q; want 200, 0, %q", r.Acked, r.Refused, r.Channel, SlowChannel)
+	}
 	if !r.AllReadersComplete || len(r.ReaderReceived) != 3 || r.BroadcasterReceived != 200 {
-		t.Fatalf("fast readers received %v (missing %v, closed %q), broadcaster %d; want all 200",
-			r.ReaderReceived, r.ReaderMissing, r.ReaderClosed, r.BroadcasterReceived)
+		t.Fatalf("fast readers received %v (missing %v, out of order %v, closed %q), broadcaster %d; want all 200",
+			r.ReaderReceived, r.ReaderMissing, r.ReaderOutOfOrder, r.ReaderClosed, r.BroadcasterReceived)
 	}
 	phases := map[string]int{}
 	for _, s := range r.Samples {
@@ -134,22 +145,78 @@ broken{x="1"
 	}
 }
 
-func TestBroadcastMessage(t *testing.T) {
+// TestSlowForbidden: against a server that does not let clients publish,
+// the run stops at the broadcaster's first publish, before it opens the
+// non-readers, and says which flag is missing.
+func TestSlowForbidden(t *testing.T) {
+	url, admin := slowServer(t, hub.Policy{})
+	began := time.Now()
+	_, err := RunSlow(context.Background(), SlowOptions{
+		URL: url, Admin: admin, N: 1000, Readers: 3, Size: 100, Window: 16, Count: 10,
+		Duration: time.Minute, Interval: time.Second, Timeout: 30 * time.Second,
+		Source: net.ParseIP("127.0.0.2"), Concurrency: 8,
+	})
+	if err == nil || !strings.Contains(err.Error(), "FORBIDDEN") || !strings.Contains(err.Error(), "--allow-client-publish") {
+		t.Fatalf("RunSlow: %v; want FORBIDDEN and a hint about --allow-client-publish", err)
+	}
+	if took := time.Since(began); took > 5*time.Second {
+		t.Fatalf("the refusal took %v to show", took)
+	}
+	t.Log(err)
+}
+
+func TestPublishMessage(t *testing.T) {
 	for _, size := range []int{32, 100, 16 << 10} {
-		m, at := broadcastMessage("0123abcd", size)
+		m, at := publishMessage("a:b", "0123abcd", size)
 		putSeq(m, at, 4321)
 		var v struct {
-			Type string          `json:"type"`
-			Data json.RawMessage `json:"data"`
+			Type    string          `json:"type"`
+			Channel string          `json:"channel"`
+			ID      string          `json:"id"`
+			Data    json.RawMessage `json:"data"`
 		}
 		if err := json.Unmarshal(m, &v); err != nil {
 			t.Fatalf("size %d: %v: %s", size, err, m)
 		}
-		if v.Type != "broadcast" || len(v.Data) != size {
-			t.Fatalf("size %d: type %q, %d data bytes", size, v.Type, len(v.Data))
+		if v.Type != "publish" || v.Channel != "a:b" || v.ID != "p0000004321" || len(v.Data) != size {
+			t.Fatalf("size %d: type %q, channel %q, id %q, %d data bytes", size, v.Type, v.Channel, v.ID, len(v.Data))
 		}
 		if seq, ok := parseSeq(m, []byte(`"0123abcd:`)); !ok || seq != 4321 {
 			t.Fatalf("size %d: parsed %d, %v", size, seq, ok)
 		}
+	}
+}
+
+// TestPublishAnswers: the broadcaster counts acks and SERVER_BUSY answers
+// to its publishes (ids "p…"), ignores other answers, and fails at any
+// other error.
+func TestPublishAnswers(t *testing.T) {
+	var freed int
+	a := &publishAcks{channel: "bench", onRefused: func() { freed++ }, failed: make(chan struct{})}
+	for _, m := range []string{
+		`{"type":"ack","id":"p0000000000","channel":"bench","offset":1,"epoch":"e"}`,
+		`{"type":"ack","id":"sub","channel":"bench","offset":1,"epoch":"e"}`,
+		`{"type":"error","id":"p0000000001","code":"SERVER_BUSY","message":"behind"}`,
+		`{"type":"message","channel":"bench","offset":2,"epoch":"e","data":{}}`,
+		`{"type":"ack","id":"p0000000002","channel":"bench","offset":2,"epoch":"e"}`,
+	} {
+		a.answer([]byte(m))
+	}
+	if a.acked.Load() != 2 || a.refused.Load() != 1 || freed != 1 {
+		t.Fatalf("acked %d, refused %d, freed %d; want 2, 1, 1", a.acked.Load(), a.refused.Load(), freed)
+	}
+	select {
+	case <-a.failed:
+		t.Fatalf("failed: %v", a.failErr)
+	default:
+	}
+	a.answer([]byte(`{"type":"error","id":"p0000000003","code":"FORBIDDEN","message":"no"}`))
+	select {
+	case <-a.failed:
+		if !strings.Contains(a.failErr.Error(), "--allow-client-publish") {
+			t.Fatalf("failErr %v", a.failErr)
+		}
+	default:
+		t.Fatal("a FORBIDDEN answer did not fail the broadcaster")
 	}
 }
