@@ -14,7 +14,14 @@
 // opens N clients that never read, a few fast readers and a broadcaster,
 // broadcasts for a while, and prints the server's RSS over time, what its
 // slow-consumer policy did (when it exports those metrics), and whether the
-// fast readers still got every broadcast. See bench/README.md.
+// fast readers still got every broadcast.
+//
+//	wsbench broadcast -target wsd|centrifugo -api-key KEY [-subs 10000] [-rate 20] [-count 200] [-size 100]
+//
+// subscribes many clients to one channel of a running wsd or Centrifugo,
+// publishes through the server's HTTP API, and prints what the fan-out
+// cost the server (deliveries per server CPU-second) and how long it took
+// (publish to last delivery). See bench/README.md.
 package main
 
 import (
@@ -44,7 +51,7 @@ func main() {
 		stop() // the first signal stops the run cleanly; a second one kills at once
 	}()
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: wsbench idle|slow [flags]   (wsbench idle -h, wsbench slow -h for the flags)")
+		fmt.Fprintln(os.Stderr, "usage: wsbench idle|slow|broadcast [flags]   (wsbench idle -h, … for the flags)\n       wsbench broadcast-summary RESULT.json…")
 		os.Exit(2)
 	}
 	var err error
@@ -53,10 +60,16 @@ func main() {
 		err = idle(ctx, os.Args[2:])
 	case "slow":
 		err = slow(ctx, os.Args[2:])
+	case "broadcast":
+		err = broadcast(ctx, os.Args[2:])
+	case "broadcast-summary":
+		err = broadcastSummary(os.Args[2:])
 	case "idle-worker":
 		err = idleWorker(ctx, os.Args[2:])
+	case "broadcast-worker":
+		err = broadcastWorker(ctx, os.Args[2:])
 	default:
-		fmt.Fprintf(os.Stderr, "wsbench: unknown command %q (want idle or slow)\n", os.Args[1])
+		fmt.Fprintf(os.Stderr, "wsbench: unknown command %q (want idle, slow, broadcast or broadcast-summary)\n", os.Args[1])
 		os.Exit(2)
 	}
 	if errors.Is(err, flag.ErrHelp) {
@@ -185,4 +198,88 @@ func idleWorker(ctx context.Context, args []string) error {
 	}
 	path := u.RequestURI()
 	return bench.RunIdleWorker(ctx, u.Host, path, *n, net.ParseIP(*source), *concurrency, *loops, os.Stdout, os.Stdin)
+}
+
+func broadcast(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("wsbench broadcast", flag.ContinueOnError)
+	var o bench.BroadcastOptions
+	var source, jsonOut string
+	fs.StringVar(&o.Target, "target", bench.TargetWsd, "the server: wsd or centrifugo (its client protocol and publish API)")
+	fs.StringVar(&o.URL, "url", "", "WebSocket URL the subscribers connect to (default ws://127.0.0.1:8080/ws for wsd, ws://127.0.0.1:8000/connection/websocket for centrifugo)")
+	fs.StringVar(&o.API, "api", "", "publish URL (default http://127.0.0.1:9090/api/publish for wsd, http://127.0.0.1:8000/api/publish for centrifugo)")
+	fs.StringVar(&o.APIKey, "api-key", "", "the publish API's key (wsd: --api-key; Centrifugo: http_api.key)")
+	fs.IntVar(&o.Subs, "subs", 10000, "subscribers")
+	fs.StringVar(&o.Channel, "channel", "bench", "channel")
+	fs.IntVar(&o.Size, "size", 100, "bytes of each publication's JSON data")
+	fs.Float64Var(&o.Rate, "rate", 20, "publications per second (0: one after another)")
+	fs.IntVar(&o.Count, "count", 200, "publications")
+	fs.DurationVar(&o.Settle, "settle", 2*time.Second, "wait after the last subscription before publishing (the server's idle CPU is measured meanwhile)")
+	fs.DurationVar(&o.Drain, "drain", 15*time.Second, "after the last publication, wait at most this long for the deliveries")
+	fs.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "bound on the whole run")
+	fs.IntVar(&o.ServerPID, "server-pid", 0, "the server's process, whose CPU time is read from /proc (default: the process listening on -url's port)")
+	fs.IntVar(&o.PerProcess, "per-process", 10000, "subscribers per client process (one file descriptor each)")
+	fs.IntVar(&o.Loops, "loops", 2, "event loops per client process")
+	fs.IntVar(&o.Concurrency, "concurrency", 64, "subscriptions in flight per client process")
+	fs.StringVar(&source, "source", "127.0.0.2", "source address; every further 10,000 subscribers use the next address")
+	fs.StringVar(&jsonOut, "json", "", "also write the result as JSON to this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	o.Source = net.ParseIP(source)
+	o.Progress = os.Stderr
+	o.Terminal = isTerminal(os.Stderr)
+	r, err := bench.RunBroadcast(ctx, o)
+	if err != nil {
+		return err
+	}
+	r.Print(os.Stdout)
+	if err := writeJSON(jsonOut, r); err != nil {
+		return err
+	}
+	if !r.Complete {
+		return fmt.Errorf("not every subscriber got every publication once, in order (phase ended by %s)", r.StoppedBy)
+	}
+	return nil
+}
+
+func broadcastSummary(files []string) error {
+	if len(files) == 0 {
+		return errors.New("usage: wsbench broadcast-summary RESULT.json…")
+	}
+	var runs []*bench.BroadcastResult
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		var r bench.BroadcastResult
+		if err := json.Unmarshal(b, &r); err != nil {
+			return fmt.Errorf("%s: %w", f, err)
+		}
+		runs = append(runs, &r)
+	}
+	bench.BroadcastSummary(os.Stdout, runs)
+	return nil
+}
+
+func broadcastWorker(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("wsbench broadcast-worker", flag.ContinueOnError)
+	var w bench.BroadcastWorker
+	var source string
+	fs.StringVar(&w.Target, "target", "", "")
+	fs.StringVar(&w.URL, "url", "", "")
+	fs.StringVar(&w.Channel, "channel", "", "")
+	fs.IntVar(&w.N, "n", 0, "")
+	fs.IntVar(&w.Count, "count", 0, "")
+	fs.StringVar(&source, "source", "", "")
+	fs.IntVar(&w.Concurrency, "concurrency", 64, "")
+	fs.IntVar(&w.Loops, "loops", 2, "")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	w.Source = net.ParseIP(source)
+	return bench.RunBroadcastWorker(ctx, w, os.Stdout, os.Stdin)
 }
