@@ -115,7 +115,10 @@ type Broker interface {
 	// position) when since's epoch is not the current one, when since is
 	// ahead of the stream, when a publication after it is no longer
 	// retained, or when more than limit (if > 0) follow it; the client must
-	// then refetch. The returned Data slices are shared: read only.
+	// then refetch. A channel with no stream (nothing published, or expired)
+	// is at {0, ""}, and {0, ""} is the start of any epoch: recoverable while
+	// the stream's first publication is retained. Reads create no stream.
+	// The returned Data slices are shared: read only.
 	History(channel string, since *Position, limit int) ([]Publication, Position, error)
 	// AddPresence and RemovePresence record a connection in, and take it
 	// out of, a channel's presence. Presence lists connections by client id.

@@ -36,9 +36,10 @@ const (
 type MemoryOptions struct {
 	// MaxChannels is how many channels may hold a stream or a presence set
 	// at once (default DefaultMaxChannels). A Publish or AddPresence that
-	// would add one more returns an error wrapping ErrTooManyChannels; a
-	// History of an unknown channel past it creates nothing (see
-	// Memory.History). The node's subscriptions alone do not count.
+	// would add one more returns an error wrapping ErrTooManyChannels. Reads
+	// (History) never create a stream (see Memory.History), so made-up
+	// names read or subscribed to take no room. The node's subscriptions
+	// alone do not count.
 	MaxChannels int
 	// MaxHistoryBytes bounds the total length of the publication data kept
 	// in all histories together (default DefaultMaxHistoryBytes, 256 MiB;
@@ -50,8 +51,8 @@ type MemoryOptions struct {
 	// it. Other channels' histories are never evicted by it.
 	MaxHistoryBytes int64
 	// StreamIdle is the least time a stream (offset and epoch) nothing else
-	// keeps is kept after its last publication, or its creation by a read
-	// (default DefaultStreamIdle). See Memory for the expiry rule.
+	// keeps is kept after its last publication (default
+	// DefaultStreamIdle). See Memory for the expiry rule.
 	StreamIdle time.Duration
 	// Now is the clock (default time.Now); tests replace it.
 	Now func() time.Time
@@ -514,7 +515,8 @@ func (m *Memory) Unsubscribe(channel string) error {
 //   - since == nil: the newest retained publications, at most limit of
 //     them if limit > 0, oldest first, and a nil error.
 //   - since != nil: an error ErrUnrecoverable (with no publications) if
-//     since.Epoch is not the current epoch, if since.Offset is past the
+//     since.Epoch is not the current epoch (since {0, ""} is the start of
+//     any epoch), if since.Offset is past the
 //     current offset, if the publication after since.Offset is no longer
 //     retained, or if limit > 0 and more than limit publications follow
 //     since (all or nothing: a recovery never gets a partial list).
@@ -522,11 +524,11 @@ func (m *Memory) Unsubscribe(channel string) error {
 //     current, which is none (and a nil error) when since is the current
 //     position.
 //
-// The position returned is always the current one. Reading an unknown
-// channel creates its stream (offset 0, a new epoch) so that a client that
-// saw that position can recover from it later; if MaxChannels is reached
-// nothing is created and the position is {0, ""} with no error (since,
-// then, is recoverable only if it is {0, ""} itself).
+// The position returned is always the current one. Reading a channel that
+// has no stream creates none (a client's made-up names must take no room
+// under MaxChannels): the position is {0, ""}, since is recoverable only if
+// it is {0, ""} itself, and from {0, ""} a later stream's publications are
+// recoverable from its first one, while it is retained.
 //
 // The publications' Data are the broker's copies, shared: the caller must
 // not modify them.
@@ -537,9 +539,13 @@ func (m *Memory) History(channel string, since *Position, limit int) ([]Publicat
 	}
 	defer e.mu.Unlock()
 	ms := m.now().UnixMilli()
-	if !e.stream && !m.newStream(e, ms) {
+	if !e.stream {
+		// No stream: nothing was published (or its stream expired). A read
+		// creates none, so reading (or subscribing to) made-up names takes
+		// no room under MaxChannels; the position is {0, ""}, from which
+		// the stream's first publication onwards is recoverable.
 		m.dropIfEmpty(e)
-		if since != nil && *since != (Position{}) {
+		if since != nil && since.Offset != 0 {
 			return nil, Position{}, ErrUnrecoverable
 		}
 		return nil, Position{}, nil
@@ -553,7 +559,10 @@ func (m *Memory) History(channel string, since *Position, limit int) ([]Publicat
 		}
 		return e.copyOut(k), pos, nil
 	}
-	if since.Epoch != e.epoch || since.Offset > e.offset {
+	// {0, ""} is the position of a channel read before its stream
+	// existed: everything from the stream's first publication follows it.
+	fromStart := *since == Position{}
+	if (since.Epoch != e.epoch && !fromStart) || since.Offset > e.offset {
 		return nil, pos, ErrUnrecoverable
 	}
 	missing := e.offset - since.Offset

@@ -486,17 +486,16 @@ func TestMemoryStreamExpiry(t *testing.T) {
 	if err := m.AddPresence("p", ClientInfo{Client: "x"}); err != nil {
 		t.Fatal(err)
 	}
-	// A stream created by a read expires like any other.
-	_, r, _ := m.History("r", nil, 0)
+	// A read creates no stream at all.
+	if _, r, _ := m.History("r", nil, 0); r != (Position{}) {
+		t.Fatalf("a read of a channel with no stream gave %+v", r)
+	}
 	clk.Advance(time.Hour)
 	m.sweep()
 	for ch, want := range map[string]Position{"e": e, "s": s, "p": p} {
 		if _, pos, _ := m.History(ch, nil, 0); pos != want {
 			t.Fatalf("stream %s is %+v, want it kept as %+v", ch, pos, want)
 		}
-	}
-	if _, pos, _ := m.History("r", nil, 0); pos.Epoch == r.Epoch {
-		t.Fatalf("stream created by a read was kept: %+v", pos)
 	}
 	m.Unsubscribe("s")
 	m.RemovePresence("p", "x")
@@ -555,35 +554,39 @@ func TestMemoryRecovery(t *testing.T) {
 
 func TestMemoryHistoryOfUnknownChannel(t *testing.T) {
 	m := newTestMemory(t, MemoryOptions{MaxChannels: 2}, nil)
-	pubs, pos, err := m.History("c", nil, 0)
-	if err != nil || pubs != nil || pos.Offset != 0 || pos.Epoch == "" {
-		t.Fatalf("History of an unknown channel = %v, %+v, %v", pubs, pos, err)
+	// Reads of channels with no stream create none, so made-up names
+	// take no room under MaxChannels.
+	for i := range 10 {
+		pubs, pos, err := m.History("x"+strconv.Itoa(i), nil, 0)
+		if err != nil || pubs != nil || pos != (Position{}) {
+			t.Fatalf("History of an unknown channel = %v, %+v, %v", pubs, pos, err)
+		}
 	}
-	if _, again, _ := m.History("c", nil, 0); again != pos {
-		t.Fatalf("second read gave %+v, first %+v", again, pos)
+	if st := m.Stats(); st.Channels != 0 || st.Streams != 0 {
+		t.Fatalf("reads created state: %+v", st)
 	}
+	// {0, ""} recovers from the stream's first publication on.
 	p1 := mustPublish(t, m, "c", "1", ChannelOptions{HistorySize: 1})
-	if p1 != (Position{1, pos.Epoch}) {
-		t.Fatalf("first publication at %+v, want offset 1 of %q", p1, pos.Epoch)
+	if p1.Offset != 1 || p1.Epoch == "" {
+		t.Fatalf("first publication at %+v", p1)
 	}
-	if pubs, _, err := m.History("c", &pos, 0); err != nil || !equalOffsets(offsets(pubs), []uint64{1}) {
-		t.Fatalf("recovery from {0, epoch} = %v, %v", offsets(pubs), err)
+	if pubs, pos, err := m.History("c", &Position{}, 0); err != nil || pos != p1 || !equalOffsets(offsets(pubs), []uint64{1}) {
+		t.Fatalf("recovery from {0, \"\"} = %v, %+v, %v", offsets(pubs), pos, err)
 	}
-	// A read of an unknown channel with a position creates the stream and
-	// tells the client to refetch.
-	if _, cur, err := m.History("d", &Position{3, "abcdefgh"}, 0); err != ErrUnrecoverable || cur.Offset != 0 || cur.Epoch == "" {
+	mustPublish(t, m, "c", "2", ChannelOptions{HistorySize: 1}) // 1 is evicted
+	if _, _, err := m.History("c", &Position{}, 0); err != ErrUnrecoverable {
+		t.Fatalf("recovery from {0, \"\"} past an eviction: %v", err)
+	}
+	// A real position on a channel with no stream cannot be recovered.
+	if _, cur, err := m.History("d", &Position{3, "abcdefgh"}, 0); err != ErrUnrecoverable || cur != (Position{}) {
 		t.Fatalf("recovery on an unknown channel = %+v, %v", cur, err)
 	}
-	// At MaxChannels a read creates nothing.
-	pubs, pos, err = m.History("e", nil, 0)
-	if err != nil || pubs != nil || pos != (Position{}) {
-		t.Fatalf("History past MaxChannels = %v, %+v, %v", pubs, pos, err)
+	if _, _, err := m.History("d", &Position{}, 0); err != nil {
+		t.Fatalf("recovery from {0, \"\"} on an unknown channel: %v", err)
 	}
-	if _, _, err := m.History("e", &Position{}, 0); err != nil {
-		t.Fatalf("recovery from {0, \"\"} past MaxChannels: %v", err)
-	}
-	if _, _, err := m.History("e", &Position{1, "abcdefgh"}, 0); err != ErrUnrecoverable {
-		t.Fatalf("recovery from a real position past MaxChannels: %v", err)
+	mustPublish(t, m, "e", "1", ChannelOptions{}) // the second channel: the reads left room
+	if _, err := m.Publish("f", []byte("1"), ChannelOptions{}); !errors.Is(err, ErrTooManyChannels) {
+		t.Fatalf("third channel past MaxChannels 2: %v", err)
 	}
 	if st := m.Stats(); st.Channels != 2 || st.Streams != 2 {
 		t.Fatalf("stats %+v", st)

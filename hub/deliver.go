@@ -64,7 +64,7 @@ func (h *Hub) event(kind, ch string, info broker.ClientInfo) {
 	WriteClientInfo(&w, info)
 	w.RawByte('}')
 	b, _ := w.BuildBytes()
-	_ = h.srv.Fanout(h, ch, 0, frame.OpText, b)
+	_ = h.srv.Fanout(h, ch, eventBit|h.stamp.Add(1), frame.OpText, b)
 }
 
 // WriteClientInfo writes a presence entry: {"client":…,"user":…,"info":…}
@@ -82,9 +82,10 @@ func WriteClientInfo(w *jwriter.Writer, info broker.ClientInfo) {
 }
 
 // Deliver writes a frame fanned out for a channel to the channel's
-// subscribers on loop k (engine.Fanout). Frames with a sequence number are
-// publications: a subscriber that already has that offset (from its
-// recovery or its subscribe position) skips it.
+// subscribers on loop k (engine.Fanout). A publication's sequence number is
+// its offset: a subscriber that already has that offset (from its recovery
+// or its subscribe position) skips it. An event's is its stamp (eventBit
+// set): a subscriber that joined after it skips it.
 func (h *Hub) Deliver(k int, f *engine.Frame) {
 	x := h.loops[k].Load()
 	if x == nil {
@@ -95,9 +96,17 @@ func (h *Hub) Deliver(k int, f *engine.Frame) {
 		return
 	}
 	seq := f.Seq()
+	if seq&eventBit != 0 {
+		for i := range lc.subs {
+			if m := &lc.subs[i]; seq&^eventBit > m.joined {
+				_ = m.c.WriteFrame(f)
+			}
+		}
+		return
+	}
 	for i := range lc.subs {
 		m := &lc.subs[i]
-		if m.after != 0 && seq != 0 {
+		if m.after != 0 {
 			if seq <= m.after {
 				h.stats.DuplicatesFiltered.Add(1)
 				continue

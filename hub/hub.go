@@ -71,7 +71,8 @@ type Hub struct {
 	mu   sync.Mutex     // guards subs and the broker Subscribe/Unsubscribe calls, in order
 	subs map[string]int // channel → loops of this node with subscribers of it
 
-	frames sync.Pool // *[]byte: publication encoding buffers
+	frames sync.Pool     // *[]byte: publication encoding buffers
+	stamp  atomic.Uint64 // join/leave events fanned out so far (their stamps)
 	stats  Stats
 }
 
@@ -109,7 +110,15 @@ type member struct {
 	c     engine.Conn
 	cl    *Client
 	after uint64
+	// joined is the hub's event stamp when the subscription began: join
+	// and leave events stamped at or before it happened before it, and
+	// are skipped (they may still be in the loop's inbox).
+	joined uint64
 }
+
+// eventBit marks a frame's sequence number as an event stamp rather than
+// a publication's offset.
+const eventBit = 1 << 63
 
 // New returns a hub over srv and starts its broker.
 func New(o Options) (*Hub, error) {

@@ -90,16 +90,19 @@ func TestRecovery(t *testing.T) {
 		return hub.ChannelOptions{ChannelOptions: broker.ChannelOptions{HistorySize: 5, HistoryTTL: time.Minute}}
 	}})
 	c := s.Dial(t, "")
+	// A channel nobody published to has no stream yet: position {0, ""}.
 	ack := subscribe(t, c, "room")
-	if ack.Offset != 0 || ack.Epoch == "" || ack.Recovered != nil {
+	if ack.Offset != 0 || ack.Epoch != "" || ack.Recovered != nil {
 		t.Fatalf("first subscribe ack: %+v", ack)
 	}
-	epoch := ack.Epoch
+	var epoch string
 	for i := 1; i <= 3; i++ {
 		s.Hub.Publish("room", fmt.Appendf(nil, "%d", i))
-		if m := read(t, c); m.Offset != uint64(i) {
+		m := read(t, c)
+		if m.Offset != uint64(i) || m.Epoch == "" || epoch != "" && m.Epoch != epoch {
 			t.Fatalf("live %d: %+v", i, m)
 		}
+		epoch = m.Epoch
 	}
 	c.Conn.Close()
 	for i := 4; i <= 7; i++ { // missed while away
@@ -127,6 +130,7 @@ func TestRecovery(t *testing.T) {
 		replay      int
 	}{
 		{"nothing missed", fmt.Sprintf(`{"offset":8,"epoch":%q}`, epoch), true, 0},
+		{"from before the stream, evicted since", `{"offset":0,"epoch":""}`, false, 0},
 		{"other epoch", `{"offset":3,"epoch":"elsewhere"}`, false, 0},
 		{"older than the history", fmt.Sprintf(`{"offset":1,"epoch":%q}`, epoch), false, 0}, // 2 was evicted (size 5)
 		{"from the future", fmt.Sprintf(`{"offset":99,"epoch":%q}`, epoch), false, 0},
@@ -146,6 +150,31 @@ func TestRecovery(t *testing.T) {
 			barrier(t, c)
 		})
 	}
+}
+
+// TestRecoveryFromNoStream: a client that subscribed before anything was
+// published ({0, ""}) and left recovers everything from the first
+// publication.
+func TestRecoveryFromNoStream(t *testing.T) {
+	s := startStack(t, stackOptions{})
+	c := s.Dial(t, "")
+	if ack := subscribe(t, c, "fresh"); ack.Offset != 0 || ack.Epoch != "" {
+		t.Fatalf("ack %+v", ack)
+	}
+	c.Conn.Close()
+	s.Hub.Publish("fresh", []byte("1"))
+	s.Hub.Publish("fresh", []byte("2"))
+	c = s.Dial(t, "")
+	m := call(t, c, `{"type":"subscribe","channel":"fresh","since":{"offset":0,"epoch":""}}`)
+	if m.Recovered == nil || !*m.Recovered || m.Offset != 2 || m.Epoch == "" {
+		t.Fatalf("ack %+v", m)
+	}
+	for i := 1; i <= 2; i++ {
+		if m := read(t, c); m.Offset != uint64(i) {
+			t.Fatalf("replayed %+v", m)
+		}
+	}
+	barrier(t, c)
 }
 
 // TestRecoveryRacingPublishes: clients resubscribe with their last
