@@ -1055,6 +1055,13 @@ func BroadcastSummary(w io.Writer, runs []*BroadcastResult) {
 	fmt.Fprintf(w, "%s: %d runs of %d subscribers, %d publications of %d B at %g/s; complete in %d of %d runs\n",
 		r0.Target, len(runs), r0.Subscribers, r0.Count, r0.Size, r0.Rate, complete, len(runs))
 	fmt.Fprintf(w, "%-34s %12s   [min … max]\n", "", "median")
+	row("publications/s", "", func(r *BroadcastResult) float64 {
+		if r.Published < 2 || r.PublishSeconds <= 0 {
+			return 0
+		}
+		return float64(r.Published-1) / r.PublishSeconds
+	})
+	row("HTTP publish p50", " ms", func(r *BroadcastResult) float64 { return r.PublishHTTPP50 })
 	row("deliveries/s", "", func(r *BroadcastResult) float64 { return r.DeliveriesPerS })
 	row("server CPU s", "", func(r *BroadcastResult) float64 { return r.ServerCPUSeconds })
 	row("deliveries per server CPU-s", "", func(r *BroadcastResult) float64 { return r.DeliveriesPerCPUSec })
