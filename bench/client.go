@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -81,6 +82,9 @@ type Dialer struct {
 	Path     string
 	Source   net.IP // source address to bind, nil for any
 	Counters *Counters
+	// Subscribe, if set, is a channel each connection subscribes to (and
+	// waits for the answer) before it is enrolled to idle.
+	Subscribe string
 
 	cli     *gnet.Client
 	handler *idleHandler
@@ -117,6 +121,12 @@ func (d *Dialer) Open(ctx context.Context) error {
 	conn, err := dialUpgraded(ctx, d.Target, d.Path, d.Source)
 	if err != nil {
 		return err
+	}
+	if d.Subscribe != "" {
+		if err := subscribeBlocking(conn, d.Subscribe); err != nil {
+			conn.Close()
+			return err
+		}
 	}
 	if _, err := d.cli.Enroll(conn); err != nil { // Enroll closes conn after taking a dup of it
 		return err
@@ -176,3 +186,38 @@ func (quietLogger) Infof(string, ...any)  {}
 func (quietLogger) Warnf(string, ...any)  {}
 func (quietLogger) Errorf(string, ...any) {}
 func (quietLogger) Fatalf(string, ...any) {}
+
+// subscribeBlocking subscribes a blocking connection to channel and reads
+// the server's answer: an ack, or the error it reports.
+func subscribeBlocking(conn net.Conn, channel string) error {
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	defer conn.SetDeadline(time.Time{})
+	msg, _ := json.Marshal(map[string]string{"type": "subscribe", "channel": channel})
+	if _, err := conn.Write(frame.AppendMaskedFrame(nil, true, frame.OpText, 0, clientMask, msg)); err != nil {
+		return err
+	}
+	var buf []byte
+	tmp := make([]byte, 512)
+	for {
+		hd, hn, err := frame.ParseHeader(buf)
+		if err != nil {
+			return err
+		}
+		if hn > 0 && len(buf) >= hn+int(hd.Length) {
+			p := buf[hn : hn+int(hd.Length)]
+			if hd.OpCode == frame.OpText {
+				if bytes.HasPrefix(p, []byte(`{"type":"ack"`)) {
+					return nil
+				}
+				return fmt.Errorf("subscribe to %q refused: %s", channel, p)
+			}
+			buf = buf[hn+int(hd.Length):] // a ping or such: skip it
+			continue
+		}
+		n, err := conn.Read(tmp)
+		if err != nil {
+			return fmt.Errorf("reading the subscribe answer: %w", err)
+		}
+		buf = append(buf, tmp[:n]...)
+	}
+}

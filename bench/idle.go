@@ -29,6 +29,7 @@ type IdleOptions struct {
 	Settle      time.Duration // wait after the last connection before measuring memory
 	Hold        time.Duration // then hold this long, measuring idle CPU
 	Timeout     time.Duration // give up if the connections are not all open by then
+	Subscribe   string        // if set, each connection subscribes to this channel (JSON protocol) before it idles
 	Progress    io.Writer     // live progress line (nil: none)
 }
 
@@ -113,7 +114,7 @@ func RunIdle(ctx context.Context, o IdleOptions) (*IdleResult, error) {
 		src := addIP(o.Source, i)
 		cmd := exec.CommandContext(ctx, self, "idle-worker",
 			"-url", o.URL, "-n", strconv.Itoa(n), "-source", src.String(),
-			"-concurrency", strconv.Itoa(o.Concurrency), "-loops", strconv.Itoa(o.Loops))
+			"-concurrency", strconv.Itoa(o.Concurrency), "-loops", strconv.Itoa(o.Loops), "-subscribe", o.Subscribe)
 		cmd.Stderr = os.Stderr
 		out, _ := cmd.StdoutPipe()
 		in, _ := cmd.StdinPipe()
@@ -260,9 +261,9 @@ func (r *IdleResult) Print(w io.Writer) {
 
 // RunIdleWorker is one client process: it opens n connections from source
 // and keeps them until its stdin closes, reporting on stdout.
-func RunIdleWorker(ctx context.Context, target, path string, n int, source net.IP, concurrency, loops int, out io.Writer, stdin io.Reader) error {
+func RunIdleWorker(ctx context.Context, target, path string, n int, source net.IP, concurrency, loops int, subscribe string, out io.Writer, stdin io.Reader) error {
 	var c Counters
-	d := &Dialer{Target: target, Path: path, Source: source, Counters: &c}
+	d := &Dialer{Target: target, Path: path, Source: source, Counters: &c, Subscribe: subscribe}
 	if err := d.Start(loops); err != nil {
 		return err
 	}

@@ -32,6 +32,7 @@ func TestMain(m *testing.M) {
 func workerMain(args []string) error {
 	var url, source string
 	var n, conc, loops int
+	var subscribe string
 	for i := 0; i+1 < len(args); i += 2 {
 		switch args[i] {
 		case "-url":
@@ -44,6 +45,8 @@ func workerMain(args []string) error {
 			conc = atoi(args[i+1])
 		case "-loops":
 			loops = atoi(args[i+1])
+		case "-subscribe":
+			subscribe = args[i+1]
 		}
 	}
 	host := url[len("ws://"):]
@@ -54,7 +57,7 @@ func workerMain(args []string) error {
 			break
 		}
 	}
-	return RunIdleWorker(context.Background(), host, path, n, net.ParseIP(source), conc, loops, os.Stdout, os.Stdin)
+	return RunIdleWorker(context.Background(), host, path, n, net.ParseIP(source), conc, loops, subscribe, os.Stdout, os.Stdin)
 }
 
 func atoi(s string) int {

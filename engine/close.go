@@ -130,9 +130,7 @@ func (l *loop) settle() {
 			l.callClose(ss, CloseInfo{Code: code, Reason: reason})
 		}
 		l.removeMember(ss)
-		if int(g.idx) < len(l.values) {
-			l.values[g.idx] = nil
-		}
+		l.setValue(g.idx, nil)
 		ss.Decoder.Reset()
 		l.slab.Free(g.idx)
 	}

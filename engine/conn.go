@@ -173,10 +173,10 @@ func (c Conn) Loop() int {
 // whose route authenticates, the Authenticate hook's value until
 // replaced), or nil. Only on the connection's loop.
 func (c Conn) Value() any {
-	if !c.live() || int(c.h.Index) >= len(c.l.values) {
+	if !c.live() {
 		return nil
 	}
-	return c.l.values[c.h.Index]
+	return c.l.value(c.h.Index)
 }
 
 // SetValue stores v with the connection until it is gone (after its
@@ -188,14 +188,34 @@ func (c Conn) SetValue(v any) {
 	c.l.setValue(c.h.Index, v)
 }
 
+// valuesPage is how many slots' values one page holds: pages are added as
+// the slab grows, never copied, and nothing is held for slots past the
+// last page a value was set in.
+const valuesPage = 256
+
+func (l *loop) value(idx int32) any {
+	p := int(idx) / valuesPage
+	if p >= len(l.values) || l.values[p] == nil {
+		return nil
+	}
+	return l.values[p][int(idx)%valuesPage]
+}
+
 func (l *loop) setValue(idx int32, v any) {
-	if int(idx) >= len(l.values) {
+	p := int(idx) / valuesPage
+	if p >= len(l.values) {
 		if v == nil {
 			return
 		}
-		l.values = append(l.values, make([]any, int(idx)+1-len(l.values))...)
+		l.values = append(l.values, make([][]any, p+1-len(l.values))...)
 	}
-	l.values[idx] = v
+	if l.values[p] == nil {
+		if v == nil {
+			return
+		}
+		l.values[p] = make([]any, valuesPage)
+	}
+	l.values[p][int(idx)%valuesPage] = v
 }
 
 // ExpiryHandler is implemented by a Handler that sets expiries with

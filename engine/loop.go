@@ -50,7 +50,7 @@ type loop struct {
 	zout     []byte // a compressed outbound message
 
 	members [][]int32        // per route: slab indices of its open sessions, for broadcasts
-	values  []any            // per slab slot: the handler's value for the connection (Conn.SetValue)
+	values  [][]any          // per slab slot, in pages of valuesPage: the handler's value for the connection (Conn.SetValue)
 	backlog []session.Handle // sessions that may have outbound bytes in user space
 	inbox   inbox            // broadcasts posted by other goroutines
 

@@ -129,13 +129,26 @@ type replyWriter struct {
 // allocate nor contend for them.
 var writers = sync.Pool{New: func() any { return new(replyWriter) }}
 
+// anonymous stands for every anonymous connection that has not subscribed
+// to anything: read only. An anonymous connection gets a Client of its own
+// (its Value) with its first subscription, so an idle one costs nothing
+// here.
+var anonymous = hub.NewClient(nil)
+
+// client returns c's Client, or the shared anonymous one.
+func client(c engine.Conn) *hub.Client {
+	if cl := hub.ClientOf(c); cl != nil {
+		return cl
+	}
+	return anonymous
+}
+
 // OnOpen registers the connection with the hub and arms its token's
 // expiry.
 func (h *Handler) OnOpen(c engine.Conn) {
 	cl := hub.ClientOf(c)
-	if cl == nil { // a route without authentication: anonymous
-		cl = hub.NewClient(nil)
-		c.SetValue(cl)
+	if cl == nil {
+		return // anonymous
 	}
 	h.hub.Opened(c, cl)
 	if exp := cl.Expiry(); !exp.IsZero() {
@@ -167,7 +180,7 @@ func (h *Handler) OnMessage(c engine.Conn, op frame.OpCode, data []byte) {
 		sendError(c, in.ID, CodeInvalidMessageFormat, err.Error())
 		return
 	}
-	cl := hub.ClientOf(c)
+	cl := client(c)
 	switch in.Type {
 	case TypeEcho:
 		sendReply(c, Reply{Type: TypeEchoReply, ID: in.ID, Data: in.Data})
@@ -195,6 +208,10 @@ func (h *Handler) OnMessage(c engine.Conn, op frame.OpCode, data []byte) {
 }
 
 func (h *Handler) subscribe(c engine.Conn, cl *hub.Client, in *Inbound) {
+	if cl == anonymous {
+		cl = hub.NewClient(nil)
+		c.SetValue(cl)
+	}
 	var since *broker.Position
 	if in.HasSince {
 		since = &broker.Position{Offset: in.Since.Offset, Epoch: in.Since.Epoch}

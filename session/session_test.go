@@ -350,8 +350,8 @@ func TestExpiry(t *testing.T) {
 	if want := []string{"12:5", "31:1"}; !slices.Equal(events, want) {
 		t.Fatalf("events %v, want %v", events, want)
 	}
-	if ss.Expiry != 0 {
-		t.Fatalf("expiry %d after it fired", ss.Expiry)
+	if ss.Deadline != 0 {
+		t.Fatalf("expiry %d after it fired", ss.Deadline)
 	}
 	// An expiry that cuts a ping's wait short: the wait restarts in full,
 	// so the timeout is never early.

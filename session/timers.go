@@ -50,7 +50,7 @@ func (t *Timeouts) Opened(w *Wheel, idx int32) {
 	s.State = Open
 	s.LastSeen = w.now
 	s.Missed = 0
-	s.Expiry = 0
+	s.Deadline = 0
 	w.Schedule(idx, w.now+t.Ping+1)
 }
 
@@ -60,13 +60,13 @@ func (t *Timeouts) Opened(w *Wheel, idx int32) {
 func (t *Timeouts) SetExpiry(w *Wheel, idx int32, at uint32) {
 	s := w.slab.At(idx)
 	if at == 0 {
-		s.Expiry = 0
+		s.Deadline = 0
 		return
 	}
 	if int32(at-w.now) <= 0 {
 		at = w.now + 1
 	}
-	s.Expiry = at
+	s.Deadline = at
 	if due, ok := w.Scheduled(idx); !ok || int32(at-due) < 0 {
 		w.Schedule(idx, at)
 	}
@@ -75,8 +75,8 @@ func (t *Timeouts) SetExpiry(w *Wheel, idx int32, at uint32) {
 // schedule sets an Open session's timer for due, or for its expiry if
 // that comes first.
 func schedule(w *Wheel, s *Session, idx int32, due uint32) {
-	if s.Expiry != 0 && int32(s.Expiry-due) < 0 {
-		due = s.Expiry
+	if s.Deadline != 0 && int32(s.Deadline-due) < 0 {
+		due = s.Deadline
 	}
 	w.Schedule(idx, due)
 }
@@ -99,10 +99,10 @@ func (t *Timeouts) Expire(w *Wheel, idx int32, out Outbound) Verdict {
 		return HandshakeTimeout
 	case Open:
 		now := w.now
-		if s.Expiry != 0 && int32(now-s.Expiry) >= 0 {
+		if s.Deadline != 0 && int32(now-s.Deadline) >= 0 {
 			// The expiry may have cut a heartbeat wait short; resume it,
 			// never early (a ping's wait restarts in full).
-			s.Expiry = 0
+			s.Deadline = 0
 			if s.Missed > 0 {
 				w.Schedule(idx, now+t.Ping+1)
 			} else {

@@ -95,6 +95,7 @@ func idle(ctx context.Context, args []string) error {
 	fs.DurationVar(&o.Settle, "settle", 15*time.Second, "wait after the last connection opens before measuring memory")
 	fs.DurationVar(&o.Hold, "hold", 60*time.Second, "then hold the connections this long, measuring the server's idle CPU")
 	fs.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "give up if the connections are not all open by then")
+	fs.StringVar(&o.Subscribe, "subscribe", "", "subscribe each connection to this channel (wsd's JSON protocol) before it idles")
 	fs.StringVar(&jsonOut, "json", "", "also write the result as JSON to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -189,6 +190,7 @@ func idleWorker(ctx context.Context, args []string) error {
 	source := fs.String("source", "", "")
 	concurrency := fs.Int("concurrency", 32, "")
 	loops := fs.Int("loops", 1, "")
+	subscribe := fs.String("subscribe", "", "")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -197,7 +199,7 @@ func idleWorker(ctx context.Context, args []string) error {
 		return err
 	}
 	path := u.RequestURI()
-	return bench.RunIdleWorker(ctx, u.Host, path, *n, net.ParseIP(*source), *concurrency, *loops, os.Stdout, os.Stdin)
+	return bench.RunIdleWorker(ctx, u.Host, path, *n, net.ParseIP(*source), *concurrency, *loops, *subscribe, os.Stdout, os.Stdin)
 }
 
 func broadcast(ctx context.Context, args []string) error {
