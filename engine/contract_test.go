@@ -368,13 +368,7 @@ func TestZeroAllocs(t *testing.T) {
 		}
 	})
 	t.Run("broadcast across loops", func(t *testing.T) {
-		s, els := fakeServer(t, Config{}, 2, route{path: "/r", handler: Echo{}})
-		for i := range 2 {
-			for range 500 {
-				c, _ := openFake(s, s.loops[i].Load(), 0)
-				c.record = false
-			}
-		}
+		s, els := twoLoopsOf500(t)
 		a := s.loops[0].Load()
 		if n := testing.AllocsPerRun(200, func() {
 			_ = s.broadcast(a, 0, frame.OpText, broadcastPayload)
@@ -384,13 +378,7 @@ func TestZeroAllocs(t *testing.T) {
 		}
 	})
 	t.Run("fanout across loops", func(t *testing.T) {
-		s, els := fakeServer(t, Config{}, 2, route{path: "/r", handler: Echo{}})
-		for i := range 2 {
-			for range 500 {
-				c, _ := openFake(s, s.loops[i].Load(), 0)
-				c.record = false
-			}
-		}
+		s, els := twoLoopsOf500(t)
 		to := &allOfRoute{s: s}
 		if n := testing.AllocsPerRun(200, func() {
 			_ = s.Fanout(to, "k", 1, frame.OpText, broadcastPayload)
@@ -515,4 +503,17 @@ func (a *allOfRoute) Deliver(loop int, f *Frame) {
 			a.n++
 		}
 	}
+}
+
+// twoLoopsOf500 is a fake server with 500 open connections (that keep no
+// copy of what they are sent) on each of two loops.
+func twoLoopsOf500(t *testing.T) (*Server, []*fakeLoop) {
+	s, els := fakeServer(t, Config{}, 2, route{path: "/r", handler: Echo{}})
+	for i := range 2 {
+		for range 500 {
+			c, _ := openFake(s, s.loops[i].Load(), 0)
+			c.record = false
+		}
+	}
+	return s, els
 }
