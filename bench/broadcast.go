@@ -245,27 +245,11 @@ func (c *bcastClient) read(r io.Reader) {
 
 // bcastRun is one run's state.
 type bcastRun struct {
+	progressLine
 	o       BroadcastOptions
 	r       *BroadcastResult
 	began   time.Time
 	clients []*bcastClient
-}
-
-func (b *bcastRun) progress(line string) {
-	if b.o.Progress == nil {
-		return
-	}
-	if b.o.Terminal {
-		fmt.Fprintf(b.o.Progress, "\r%s\x1b[K", line)
-	} else {
-		fmt.Fprintln(b.o.Progress, line)
-	}
-}
-
-func (b *bcastRun) endProgress() {
-	if b.o.Progress != nil && b.o.Terminal {
-		fmt.Fprintln(b.o.Progress)
-	}
 }
 
 func (b *bcastRun) progressPeriod() time.Duration {
@@ -351,7 +335,7 @@ func RunBroadcast(parent context.Context, o BroadcastOptions) (*BroadcastResult,
 
 	ctx, cancel := context.WithTimeout(parent, o.Timeout)
 	defer cancel()
-	b := &bcastRun{o: o, began: time.Now(), r: &BroadcastResult{
+	b := &bcastRun{progressLine: progressLine{o.Progress, o.Terminal}, o: o, began: time.Now(), r: &BroadcastResult{
 		Target: o.Target, URL: o.URL, API: o.API, ServerPID: pid, Channel: o.Channel,
 		Size: o.Size, Rate: o.Rate, Count: o.Count, Loops: o.Loops, HostCPUs: hostCPUs(),
 	}}

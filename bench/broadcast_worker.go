@@ -341,28 +341,23 @@ func (h *fanoutHandler) OnTraffic(c gnet.Conn) gnet.Action {
 	}
 	now := time.Now().UnixNano()
 	for {
-		n := c.InboundBuffered()
-		hb, _ := c.Peek(min(n, frame.MaxHeaderSize))
-		hd, hn, err := frame.ParseHeader(hb)
+		hd, payload, size, err := peekFrame(c)
 		if err != nil {
 			h.badFrames.Add(1)
 			return gnet.Close
 		}
-		if hn == 0 || n < hn+int(hd.Length) {
+		if size == 0 {
 			return gnet.None
 		}
-		p, _ := c.Peek(hn + int(hd.Length))
-		payload := p[hn:]
 		if hd.Masked {
 			frame.Cipher(payload, hd.Mask, 0)
 		}
 		switch hd.OpCode {
-		case frame.OpPing:
-			_, _ = c.Write(frame.AppendMaskedFrame(nil, true, frame.OpPong, 0, clientMask, payload))
-		case frame.OpClose:
-			_, _ = c.Write(frame.AppendMaskedFrame(nil, true, frame.OpClose, 0, clientMask, payload))
-			_, _ = c.Discard(hn + int(hd.Length))
-			return gnet.Close
+		case frame.OpPing, frame.OpClose:
+			if answerControl(c, hd.OpCode, payload) {
+				_, _ = c.Discard(size)
+				return gnet.Close
+			}
 		case frame.OpText, frame.OpBinary, frame.OpContinuation:
 			switch {
 			case hd.Fin && s.frag == nil:
@@ -374,7 +369,7 @@ func (h *fanoutHandler) OnTraffic(c gnet.Conn) gnet.Action {
 				s.frag = append(s.frag, payload...)
 			}
 		}
-		_, _ = c.Discard(hn + int(hd.Length))
+		_, _ = c.Discard(size)
 	}
 }
 
@@ -628,49 +623,26 @@ func RunBroadcastWorker(ctx context.Context, w BroadcastWorker, out io.Writer, i
 	dialCtx, cancelDial := context.WithCancel(ctx)
 	defer cancelDial()
 	subs := make([]*subscriber, w.N)
-	var next, subscribed, failed atomic.Int64
-	var firstErr atomic.Value
-	var wg sync.WaitGroup
-	for range min(w.Concurrency, max(w.N, 1)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				k := int(next.Add(1) - 1)
-				if k >= w.N || dialCtx.Err() != nil {
-					return
-				}
-				err := func() error {
-					conn, err := dialUpgraded(dialCtx, u.Host, u.RequestURI(), addIP(w.Source, k/connsPerSource))
-					if err != nil {
-						return err
-					}
-					if err := subscribe(conn, w.Target, msgs); err != nil {
-						conn.Close()
-						return err
-					}
-					s := newSubscriber(w.Count)
-					if _, err := cli.EnrollContext(conn, s); err != nil { // closes conn after taking a dup of it
-						return err
-					}
-					subs[k] = s
-					return nil
-				}()
-				if err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-					continue
-				}
-				subscribed.Add(1)
-			}
-		}()
-	}
-	dialing := make(chan struct{})
-	go func() { wg.Wait(); close(dialing) }()
+	pool := startOpenPool(dialCtx, w.N, w.Concurrency, func(k int) error {
+		conn, err := dialUpgraded(dialCtx, u.Host, u.RequestURI(), addIP(w.Source, k/connsPerSource))
+		if err != nil {
+			return err
+		}
+		if err := subscribe(conn, w.Target, msgs); err != nil {
+			conn.Close()
+			return err
+		}
+		s := newSubscriber(w.Count)
+		if _, err := cli.EnrollContext(conn, s); err != nil { // closes conn after taking a dup of it
+			return err
+		}
+		subs[k] = s
+		return nil
+	})
 	progress := func() bcastReport {
-		r := bcastReport{Subscribed: subscribed.Load(), Failed: failed.Load(), Received: st.received(), Dropped: h.dropped.Load()}
+		r := bcastReport{Subscribed: pool.opened.Load(), Failed: pool.failed.Load(), Received: st.received(), Dropped: h.dropped.Load()}
 		r.Ready = r.Subscribed == int64(w.N)
-		if e, ok := firstErr.Load().(string); ok && r.Failed > 0 {
+		if e := pool.firstErr(); e != nil && r.Failed > 0 {
 			r.Err = fmt.Sprintf("%d of %d subscribers failed; first: %s", r.Failed, w.N, e)
 		}
 		return r
@@ -700,7 +672,7 @@ func RunBroadcastWorker(ctx context.Context, w BroadcastWorker, out io.Writer, i
 			write(progress())
 		case c := <-cmds:
 			cancelDial()
-			<-dialing
+			<-pool.done
 			r := progress()
 			stop() // the loops are done with the subscribers: their records can be read
 			fin := st.final(subs, c.Unpublished)

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -44,28 +45,54 @@ var clientMask = [4]byte{0x5a, 0xa5, 0x3c, 0xc3}
 
 func (h *idleHandler) OnTraffic(c gnet.Conn) gnet.Action {
 	for {
-		n := c.InboundBuffered()
-		hb, _ := c.Peek(min(n, frame.MaxHeaderSize))
-		hd, hn, err := frame.ParseHeader(hb)
+		hd, payload, size, err := peekFrame(c)
 		if err != nil {
 			return gnet.Close
 		}
-		if hn == 0 || n < hn+int(hd.Length) {
+		if size == 0 {
 			return gnet.None
 		}
-		p, _ := c.Peek(hn + int(hd.Length))
-		payload := p[hn:]
-		switch hd.OpCode {
-		case frame.OpPing:
+		if hd.OpCode == frame.OpPing {
 			h.counters.Pings.Add(1)
-			_, _ = c.Write(frame.AppendMaskedFrame(nil, true, frame.OpPong, 0, clientMask, payload))
-		case frame.OpClose:
-			_, _ = c.Write(frame.AppendMaskedFrame(nil, true, frame.OpClose, 0, clientMask, payload))
-			_, _ = c.Discard(hn + int(hd.Length))
+		}
+		closed := answerControl(c, hd.OpCode, payload)
+		_, _ = c.Discard(size)
+		if closed {
 			return gnet.Close
 		}
-		_, _ = c.Discard(hn + int(hd.Length))
 	}
+}
+
+// peekFrame returns the next frame buffered on c, leaving it there: an
+// event loop gets a frame in pieces and must not take any of it before the
+// whole has arrived. size is 0 until then; after that the caller discards
+// size bytes once done with payload (which is c's buffer).
+func peekFrame(c gnet.Conn) (hd frame.Header, payload []byte, size int, err error) {
+	n := c.InboundBuffered()
+	hb, _ := c.Peek(min(n, frame.MaxHeaderSize))
+	hd, hn, err := frame.ParseHeader(hb)
+	if err != nil {
+		return hd, nil, 0, err
+	}
+	if hn == 0 || n < hn+int(hd.Length) {
+		return hd, nil, 0, nil
+	}
+	p, _ := c.Peek(hn + int(hd.Length))
+	return hd, p[hn:], hn + int(hd.Length), nil
+}
+
+// answerControl answers a ping with a pong and a close with a close, as
+// a client must to keep a connection (or to end it cleanly); it reports
+// whether op was a close, after which the connection is to be closed.
+func answerControl(c gnet.Conn, op frame.OpCode, payload []byte) (closed bool) {
+	switch op {
+	case frame.OpPing:
+		_, _ = c.Write(frame.AppendMaskedFrame(nil, true, frame.OpPong, 0, clientMask, payload))
+	case frame.OpClose:
+		_, _ = c.Write(frame.AppendMaskedFrame(nil, true, frame.OpClose, 0, clientMask, payload))
+		return true
+	}
+	return false
 }
 
 func (h *idleHandler) OnClose(c gnet.Conn, err error) gnet.Action {
@@ -177,6 +204,56 @@ func bindNoPort(network, address string, c syscall.RawConn) error {
 		return err
 	}
 	return serr
+}
+
+// openPool opens n connections, a few at a time, with counts that a
+// progress line may read while it runs: the slow run's non-readers and a
+// broadcast worker's subscribers are opened this way.
+type openPool struct {
+	opened, failed atomic.Int64
+	done           chan struct{} // closed when every open has returned
+
+	mu    sync.Mutex
+	first error
+}
+
+// startOpenPool calls open(k) for k = 0 … n-1 on at most concurrency
+// goroutines, taking no new k once ctx ends.
+func startOpenPool(ctx context.Context, n, concurrency int, open func(k int) error) *openPool {
+	p := &openPool{done: make(chan struct{})}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(concurrency, max(n, 1)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				k := int(next.Add(1) - 1)
+				if k >= n || ctx.Err() != nil {
+					return
+				}
+				if err := open(k); err != nil {
+					p.failed.Add(1)
+					p.mu.Lock()
+					if p.first == nil {
+						p.first = err
+					}
+					p.mu.Unlock()
+					continue
+				}
+				p.opened.Add(1)
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(p.done) }()
+	return p
+}
+
+// firstErr is the first error an open returned (nil: none so far).
+func (p *openPool) firstErr() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.first
 }
 
 type quietLogger struct{}

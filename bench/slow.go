@@ -421,6 +421,7 @@ func subscribeNonReader(conn *net.TCPConn, channel string) error {
 
 // slowRun is one run's state.
 type slowRun struct {
+	progressLine
 	o       SlowOptions
 	target  string
 	path    string
@@ -469,7 +470,7 @@ func RunSlow(parent context.Context, o SlowOptions) (*SlowResult, error) {
 	}
 	ctx, cancel := context.WithTimeout(parent, o.Timeout)
 	defer cancel()
-	s := &slowRun{o: o, target: u.Host, path: u.RequestURI(), began: time.Now(),
+	s := &slowRun{progressLine: progressLine{o.Progress, o.Terminal}, o: o, target: u.Host, path: u.RequestURI(), began: time.Now(),
 		r: &SlowResult{Channel: o.Channel, Readers: o.Readers, Size: o.Size, Rate: o.Rate, Window: o.Window}}
 
 	s.base = s.sample(ctx, "baseline")
@@ -581,37 +582,19 @@ func (s *slowRun) openReader(ctx context.Context) (*fastReader, error) {
 func (s *slowRun) openNonReaders(ctx context.Context) ([]*net.TCPConn, error) {
 	o := s.o
 	conns := make([]*net.TCPConn, o.N)
-	var next, opened, failed atomic.Int64
-	var firstErr error
-	var errOnce sync.Once
-	var wg sync.WaitGroup
-	for range min(o.Concurrency, max(o.N, 1)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				k := int(next.Add(1) - 1)
-				if k >= o.N || ctx.Err() != nil {
-					return
-				}
-				c, err := dialUpgraded(ctx, s.target, s.path, addIP(o.Source, k/connsPerSource))
-				if err == nil {
-					if err = subscribeNonReader(c, o.Channel); err != nil {
-						c.Close()
-					}
-				}
-				if err != nil {
-					failed.Add(1)
-					errOnce.Do(func() { firstErr = err })
-					continue
-				}
-				conns[k] = c
-				opened.Add(1)
-			}
-		}()
-	}
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
+	pool := startOpenPool(ctx, o.N, o.Concurrency, func(k int) error {
+		c, err := dialUpgraded(ctx, s.target, s.path, addIP(o.Source, k/connsPerSource))
+		if err != nil {
+			return err
+		}
+		if err := subscribeNonReader(c, o.Channel); err != nil {
+			c.Close()
+			return err
+		}
+		conns[k] = c
+		return nil
+	})
+	opened, failed := &pool.opened, &pool.failed
 	tick := time.NewTicker(s.progressPeriod())
 	defer tick.Stop()
 	ramp := func() {
@@ -619,7 +602,7 @@ func (s *slowRun) openNonReaders(ctx context.Context) ([]*net.TCPConn, error) {
 	}
 	for waiting := true; waiting; {
 		select {
-		case <-done:
+		case <-pool.done:
 			waiting = false
 		case <-tick.C:
 			ramp()
@@ -627,6 +610,7 @@ func (s *slowRun) openNonReaders(ctx context.Context) ([]*net.TCPConn, error) {
 	}
 	ramp()
 	s.endProgress()
+	firstErr := pool.firstErr()
 	s.r.NonReaders, s.r.NonReadersFailed = int(opened.Load()), int(failed.Load())
 	if firstErr != nil {
 		s.r.FirstError = firstErr.Error()
@@ -872,25 +856,6 @@ func (s *slowRun) progressPeriod() time.Duration {
 		return min(s.o.Interval, 250*time.Millisecond)
 	}
 	return s.o.Interval
-}
-
-// progress shows one line: rewritten in place on a terminal, appended
-// otherwise.
-func (s *slowRun) progress(line string) {
-	if s.o.Progress == nil {
-		return
-	}
-	if s.o.Terminal {
-		fmt.Fprintf(s.o.Progress, "\r%s\x1b[K", line)
-	} else {
-		fmt.Fprintln(s.o.Progress, line)
-	}
-}
-
-func (s *slowRun) endProgress() {
-	if s.o.Progress != nil && s.o.Terminal {
-		fmt.Fprintln(s.o.Progress)
-	}
 }
 
 const lineFormat = "%7s %7s %9s %9s %9s %9s %7s %7s %8s %6s %15s"
