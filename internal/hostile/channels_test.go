@@ -139,47 +139,27 @@ func (s *server) scrape(samples ...string) (map[string]int, error) {
 // itself, included) and how many scrapes there were.
 func (s *server) watchMetrics(t testing.TB, samples ...string) (stop func() (peak map[string]int, scrapes int)) {
 	var (
-		mu      sync.Mutex
 		peak    = map[string]int{}
 		n       int
 		scrErr  error
-		done    = make(chan struct{})
-		wg      sync.WaitGroup
-		observe = func() {
+		observe = func() bool {
 			got, err := s.scrape(samples...)
-			mu.Lock()
-			defer mu.Unlock()
 			if err != nil {
 				scrErr = err
-				return
+				return true
 			}
 			n++
 			for k, v := range got {
 				peak[k] = max(peak[k], v)
 			}
+			return true
 		}
 	)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		tk := time.NewTicker(5 * time.Millisecond)
-		defer tk.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-tk.C:
-				observe()
-			}
-		}
-	}()
+	stopSampling := every(5*time.Millisecond, observe)
 	return func() (map[string]int, int) {
 		t.Helper()
-		close(done)
-		wg.Wait()
+		stopSampling()
 		observe()
-		mu.Lock()
-		defer mu.Unlock()
 		if scrErr != nil {
 			t.Fatalf("scraping /metrics: %v", scrErr)
 		}
@@ -195,6 +175,16 @@ func channelName(n int) string {
 		b[i] = byte(rand.Uint32())
 	}
 	return ("h:" + hex.EncodeToString(b))[:n]
+}
+
+// channelNames returns count random channel names of n bytes: random, so
+// that each makes a channel of its own on the server.
+func channelNames(count, n int) []string {
+	names := make([]string, count)
+	for i := range names {
+		names[i] = channelName(n)
+	}
+	return names
 }
 
 // dialAll opens n connections and checks each with an echo.
@@ -253,10 +243,7 @@ func TestChannelNamesRSS(t *testing.T) {
 	cs := dialAll(t, s, conns)
 	names := make([][]string, conns)
 	for i := range names {
-		names[i] = make([]string, maxSubs)
-		for j := range names[i] {
-			names[i][j] = channelName(nameLen)
-		}
+		names[i] = channelNames(maxSubs, nameLen)
 	}
 	msgs := func(typ string, names []string) [][]byte {
 		out := make([][]byte, len(names))
@@ -283,10 +270,7 @@ func TestChannelNamesRSS(t *testing.T) {
 
 	// One connection takes --max-subscriptions channels, then is refused
 	// more on its own account.
-	own := make([]string, maxSubs+16)
-	for i := range own {
-		own[i] = channelName(nameLen)
-	}
+	own := channelNames(maxSubs+16, nameLen)
 	rs, err := exchange(first, 0, msgs("subscribe", own))
 	if err != nil {
 		t.Fatal(err)
@@ -382,10 +366,7 @@ func TestHistoryBytesRSS(t *testing.T) {
 		"--history-size", "1000", "--max-channels", strconv.Itoa(channels))
 	warm(t, s)
 	cs := dialAll(t, s, publishers)
-	names := make([]string, channels)
-	for i := range names {
-		names[i] = channelName(64)
-	}
+	names := channelNames(channels, 64)
 	filler := strings.Repeat("x", dataLen-8) // the data: "NNNNNN…", dataLen bytes with its quotes
 	publish := func(i, j int) []byte {
 		return fmt.Appendf(nil, `{"type":"publish","id":%d,"channel":%q,"data":"%06d%s"}`, j, names[(j*publishers+i)%channels], j, filler)
@@ -469,10 +450,7 @@ func TestPublishChannelsRSS(t *testing.T) {
 	cs := dialAll(t, s, publishers)
 	names := make([][]string, publishers)
 	for i := range names {
-		names[i] = make([]string, perPub)
-		for j := range names[i] {
-			names[i][j] = channelName(nameLen)
-		}
+		names[i] = channelNames(perPub, nameLen)
 	}
 	// The working size first, with publications that make nothing: no
 	// data (MISSING_DATA).

@@ -129,38 +129,46 @@ func (s *server) rss(t testing.TB) int {
 // watchRSS samples the server's RSS every 20ms until stop is called, which
 // returns the highest sample.
 func (s *server) watchRSS(t testing.TB) (stop func() int) {
-	var (
-		mu   sync.Mutex
-		peak = s.rss(t)
-		done = make(chan struct{})
-		wg   sync.WaitGroup
-	)
+	peak := s.rss(t)
+	stopSampling := every(20*time.Millisecond, func() bool {
+		n, err := readRSS(s.cmd.Process.Pid)
+		if err != nil {
+			return false
+		}
+		peak = max(peak, n)
+		return true
+	})
+	return func() int {
+		stopSampling()
+		return max(peak, s.rss(t))
+	}
+}
+
+// every calls f every period on a goroutine of its own until f returns
+// false or stop is called. stop returns once f has returned for the last
+// time, so that what f wrote may then be read without a lock.
+func every(period time.Duration, f func() bool) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		tk := time.NewTicker(20 * time.Millisecond)
+		tk := time.NewTicker(period)
 		defer tk.Stop()
 		for {
 			select {
 			case <-done:
 				return
 			case <-tk.C:
-				n, err := readRSS(s.cmd.Process.Pid)
-				if err != nil {
+				if !f() {
 					return
 				}
-				mu.Lock()
-				peak = max(peak, n)
-				mu.Unlock()
 			}
 		}
 	}()
-	return func() int {
+	return func() {
 		close(done)
 		wg.Wait()
-		mu.Lock()
-		defer mu.Unlock()
-		return max(peak, s.rss(t))
 	}
 }
 
