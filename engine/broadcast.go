@@ -82,9 +82,14 @@ const maxPooledFrame = 64 << 10
 func (b *Frame) size() int { return len(b.plain) + len(b.compressed) + 128 }
 
 func (b *Frame) release() {
-	if b.refs.Add(-1) != 0 {
-		return
+	if b.refs.Add(-1) == 0 {
+		b.recycle()
 	}
+}
+
+// recycle returns b to the pool, without outsized buffers or references
+// that would keep a Fanout or a key alive.
+func (b *Frame) recycle() {
 	if cap(b.plain) > maxPooledFrame {
 		b.plain = nil
 	}
@@ -137,8 +142,7 @@ func (s *Server) dispatch(from *loop, b *Frame) error {
 	size := b.size()
 	for i := range n {
 		if l := s.loops[i].Load(); l != from && l.inbox.bytes.Load() > int64(s.cfg.MaxBroadcastBacklog-size) {
-			b.to = nil
-			broadcastPool.Put(b)
+			b.recycle()
 			s.refusedBacklog.Add(1)
 			return ErrBacklog
 		}
