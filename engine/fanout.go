@@ -49,13 +49,17 @@ func (s *Server) Fanout(to Fanout, key string, seq uint64, op frame.OpCode, payl
 // deliverTo runs a Fanout's Deliver for b on this loop; a panic in it is
 // logged and counted, and the loop goes on.
 func (l *loop) deliverTo(b *Frame) {
-	defer func() {
-		if r := recover(); r != nil {
-			l.metrics.handlerPanics.inc()
-			l.log.Error("fanout panicked", "key", b.key, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-		}
-	}()
+	defer l.survivePanic("fanout panicked", "key", b.key)
 	b.to.Deliver(int(l.idx), b)
+}
+
+// survivePanic, deferred around code the loop runs for others (a task, a
+// Fanout), logs and counts a panic instead of letting it end the loop.
+func (l *loop) survivePanic(msg string, attrs ...any) {
+	if r := recover(); r != nil {
+		l.metrics.handlerPanics.inc()
+		l.log.Error(msg, append(attrs, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))...)
+	}
 }
 
 // WriteFrame writes a frame from Server.Fanout to c: the compressed form

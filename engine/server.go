@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -330,12 +329,7 @@ func (s *Server) Execute(loop int, fn func()) error {
 	err := l.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
 		l.enter()
 		defer l.leave()
-		defer func() {
-			if r := recover(); r != nil {
-				l.metrics.handlerPanics.inc()
-				l.log.Error("task panicked", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-			}
-		}()
+		defer l.survivePanic("task panicked")
 		fn()
 		return nil
 	}))
