@@ -49,16 +49,18 @@ func (s *Server) Fanout(to Fanout, key string, seq uint64, op frame.OpCode, payl
 // deliverTo runs a Fanout's Deliver for b on this loop; a panic in it is
 // logged and counted, and the loop goes on.
 func (l *loop) deliverTo(b *Frame) {
-	defer l.survivePanic("fanout panicked", "key", b.key)
+	defer l.survivePanic("fanout panicked", b.key)
 	b.to.Deliver(int(l.idx), b)
 }
 
 // survivePanic, deferred around code the loop runs for others (a task, a
-// Fanout), logs and counts a panic instead of letting it end the loop.
-func (l *loop) survivePanic(msg string, attrs ...any) {
+// Fanout, with the key it was delivering), logs and counts a panic instead
+// of letting it end the loop. No variadic arguments: deferred on every
+// delivery, it must not allocate.
+func (l *loop) survivePanic(msg, key string) {
 	if r := recover(); r != nil {
 		l.metrics.handlerPanics.inc()
-		l.log.Error(msg, append(attrs, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))...)
+		l.log.Error(msg, "key", key, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 	}
 }
 

@@ -329,7 +329,7 @@ func (s *Server) Execute(loop int, fn func()) error {
 	err := l.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
 		l.enter()
 		defer l.leave()
-		defer l.survivePanic("task panicked")
+		defer l.survivePanic("task panicked", "")
 		fn()
 		return nil
 	}))
