@@ -21,7 +21,18 @@
 // subscribes many clients to one channel of a running wsd or Centrifugo,
 // publishes through the server's HTTP API, and prints what the fan-out
 // cost the server (deliveries per server CPU-second) and how long it took
-// (publish to last delivery). See bench/README.md.
+// (publish to last delivery).
+//
+//	wsbench connect -tokens tokens.txt [-n 10000] [-concurrency 64] [-rounds 2] [-token-in header|query]
+//
+// opens N connections, each presenting a token from the file (connection i
+// the line i mod lines), holds them, closes them, and prints handshakes
+// per second of wall time and per server CPU-second and the handshake
+// latency; round 2 on presents the same tokens again (a reconnect storm).
+//
+//	wsbench tokens -key private.pem [-n 10000] [-alg RS256] [-exp 1h] > tokens.txt
+//
+// signs N tokens (sub user0 … user<N-1>), one a line. See bench/README.md.
 package main
 
 import (
@@ -51,7 +62,7 @@ func main() {
 		stop() // the first signal stops the run cleanly; a second one kills at once
 	}()
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: wsbench idle|slow|broadcast [flags]   (wsbench idle -h, … for the flags)\n       wsbench broadcast-summary RESULT.json…")
+		fmt.Fprintln(os.Stderr, "usage: wsbench idle|slow|broadcast|connect|tokens [flags]   (wsbench idle -h, … for the flags)\n       wsbench broadcast-summary RESULT.json…")
 		os.Exit(2)
 	}
 	var err error
@@ -64,12 +75,16 @@ func main() {
 		err = broadcast(ctx, os.Args[2:])
 	case "broadcast-summary":
 		err = broadcastSummary(os.Args[2:])
+	case "connect":
+		err = connect(ctx, os.Args[2:])
+	case "tokens":
+		err = tokens(os.Args[2:])
 	case "idle-worker":
 		err = idleWorker(ctx, os.Args[2:])
 	case "broadcast-worker":
 		err = broadcastWorker(ctx, os.Args[2:])
 	default:
-		fmt.Fprintf(os.Stderr, "wsbench: unknown command %q (want idle, slow, broadcast or broadcast-summary)\n", os.Args[1])
+		fmt.Fprintf(os.Stderr, "wsbench: unknown command %q (want idle, slow, broadcast, broadcast-summary, connect or tokens)\n", os.Args[1])
 		os.Exit(2)
 	}
 	if errors.Is(err, flag.ErrHelp) {
@@ -284,4 +299,77 @@ func broadcastWorker(ctx context.Context, args []string) error {
 	}
 	w.Source = net.ParseIP(source)
 	return bench.RunBroadcastWorker(ctx, w, os.Stdout, os.Stdin)
+}
+
+func connect(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("wsbench connect", flag.ContinueOnError)
+	var o bench.ConnectOptions
+	var source, tokenFile, jsonOut string
+	fs.StringVar(&o.URL, "url", "ws://127.0.0.1:8080/ws", "WebSocket URL of the running wsd")
+	fs.IntVar(&o.N, "n", 10000, "connections a round (this process holds them all: one file descriptor each)")
+	fs.IntVar(&o.Concurrency, "concurrency", 64, "handshakes in flight")
+	fs.IntVar(&o.Rounds, "rounds", 1, "rounds: after one, close every connection and open them again with the same tokens")
+	fs.StringVar(&tokenFile, "tokens", "", "file of tokens, one a line; connection i presents line i mod lines (none: anonymous)")
+	fs.StringVar(&o.TokenIn, "token-in", bench.TokenInHeader, "where the token goes: header (Authorization: Bearer) or query (?token=)")
+	fs.StringVar(&source, "source", "127.0.0.2", "source address; every further -per-source connections, and every round, use the next address (\"\": any)")
+	fs.IntVar(&o.PerSource, "per-source", 10000, "connections per source address")
+	fs.IntVar(&o.ServerPID, "server-pid", 0, "the server's process, whose CPU time is read from /proc (default: the process listening on -url's port; -1: do not measure)")
+	fs.DurationVar(&o.Pause, "pause", 2*time.Second, "between rounds, after closing, for the server to finish the closes")
+	fs.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "bound on the whole run")
+	fs.StringVar(&jsonOut, "json", "", "also write the result as JSON to this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if source != "" {
+		if o.Source = net.ParseIP(source); o.Source == nil {
+			return fmt.Errorf("bad -source %q", source)
+		}
+	}
+	if tokenFile != "" {
+		var err error
+		if o.Tokens, err = bench.LoadTokens(tokenFile); err != nil {
+			return err
+		}
+	}
+	o.Progress = os.Stderr
+	o.Terminal = isTerminal(os.Stderr)
+	r, err := bench.RunConnect(ctx, o)
+	if r != nil && len(r.Rounds) > 0 {
+		r.Print(os.Stdout)
+		if err := writeJSON(jsonOut, r); err != nil {
+			return err
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if n := r.Failed(); n > 0 {
+		return fmt.Errorf("%d handshakes failed", n)
+	}
+	return nil
+}
+
+func tokens(args []string) error {
+	fs := flag.NewFlagSet("wsbench tokens", flag.ContinueOnError)
+	var o bench.TokenOptions
+	var keyFile string
+	fs.StringVar(&keyFile, "key", "", "PEM private key (RSA for RS*/PS*, ECDSA for ES*, Ed25519 for EdDSA)")
+	fs.IntVar(&o.N, "n", 10000, "tokens; token i has sub user<i>")
+	fs.StringVar(&o.Alg, "alg", "RS256", "signing algorithm")
+	fs.DurationVar(&o.Exp, "exp", time.Hour, "expiry after now (0: no exp claim)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if keyFile == "" || fs.NArg() > 0 {
+		return errors.New("usage: wsbench tokens -key private.pem [-n 10000] [-alg RS256] [-exp 1h] > tokens.txt")
+	}
+	var err error
+	if o.Key, err = os.ReadFile(keyFile); err != nil {
+		return err
+	}
+	o.Now = time.Now()
+	return bench.GenerateTokens(os.Stdout, o)
 }
