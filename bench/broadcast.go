@@ -319,18 +319,9 @@ func RunBroadcast(parent context.Context, o BroadcastOptions) (*BroadcastResult,
 	if o.APIKey == "" {
 		return nil, errors.New("-api-key is required (the key the server was started with)")
 	}
-	pid := o.ServerPID
-	if pid == 0 {
-		port, _ := strconv.Atoi(u.Port())
-		if port == 0 {
-			return nil, fmt.Errorf("-url %q has no port: give -server-pid", o.URL)
-		}
-		if pid, err = ListenerPID(port); err != nil {
-			return nil, fmt.Errorf("finding the server's process: %w (give -server-pid)", err)
-		}
-	}
-	if _, err := ProcCPUSeconds(pid); err != nil {
-		return nil, fmt.Errorf("reading the server's CPU time: %w", err)
+	pid, err := serverPID(o.ServerPID, u)
+	if err != nil {
+		return nil, err
 	}
 
 	ctx, cancel := context.WithTimeout(parent, o.Timeout)
@@ -1079,4 +1070,26 @@ func format(v float64) string {
 	default:
 		return strconv.FormatFloat(v, 'f', 2, 64)
 	}
+}
+
+// serverPID returns the server process to measure: pid as given (-1: none,
+// for a mode that can run without it), or with 0 the process listening on
+// u's port; a process to measure must have CPU times this user can read.
+func serverPID(pid int, u *url.URL) (int, error) {
+	if pid == 0 {
+		port, _ := strconv.Atoi(u.Port())
+		if port == 0 {
+			return 0, fmt.Errorf("-url %q has no port: give -server-pid", u)
+		}
+		var err error
+		if pid, err = ListenerPID(port); err != nil {
+			return 0, fmt.Errorf("finding the server's process: %w (give -server-pid)", err)
+		}
+	}
+	if pid > 0 {
+		if _, err := ProcCPUSeconds(pid); err != nil {
+			return 0, fmt.Errorf("reading the server's CPU time: %w", err)
+		}
+	}
+	return pid, nil
 }

@@ -219,20 +219,9 @@ func RunConnect(parent context.Context, o ConnectOptions) (*ConnectResult, error
 	case o.Timeout <= 0:
 		return nil, errors.New("-timeout must be positive")
 	}
-	pid := o.ServerPID
-	if pid == 0 {
-		port, _ := strconv.Atoi(u.Port())
-		if port == 0 {
-			return nil, fmt.Errorf("-url %q has no port: give -server-pid", o.URL)
-		}
-		if pid, err = ListenerPID(port); err != nil {
-			return nil, fmt.Errorf("finding the server's process: %w (give -server-pid, or -1)", err)
-		}
-	}
-	if pid > 0 {
-		if _, err := ProcCPUSeconds(pid); err != nil {
-			return nil, fmt.Errorf("reading the server's CPU time: %w", err)
-		}
+	pid, err := serverPID(o.ServerPID, u)
+	if err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(parent, o.Timeout)
 	defer cancel()
