@@ -1,6 +1,9 @@
 package auth
 
-import "strings"
+import (
+	"bytes"
+	"strings"
+)
 
 // TokenFromRequest finds the token of an upgrade request, looking in turn at
 //
@@ -131,30 +134,37 @@ func unhex(c byte) (byte, bool) {
 	return 0, false
 }
 
+// queryByte decodes the query-component byte at raw[i] ('+' is a space,
+// %XX an escape): the byte and how many input bytes it took, 0 for a bad
+// escape.
+func queryByte(raw []byte, i int) (byte, int) {
+	switch raw[i] {
+	case '+':
+		return ' ', 1
+	case '%':
+		if i+2 >= len(raw) {
+			return 0, 0
+		}
+		hi, ok1 := unhex(raw[i+1])
+		lo, ok2 := unhex(raw[i+2])
+		if !ok1 || !ok2 {
+			return 0, 0
+		}
+		return hi<<4 | lo, 3
+	}
+	return raw[i], 1
+}
+
 // unescapedEquals reports whether the query component raw decodes to want,
 // without decoding into a buffer.
 func unescapedEquals(raw []byte, want string) bool {
 	j := 0
-	for i := 0; i < len(raw); i++ {
-		c := raw[i]
-		switch c {
-		case '+':
-			c = ' '
-		case '%':
-			if i+2 >= len(raw) {
-				return false
-			}
-			hi, ok1 := unhex(raw[i+1])
-			lo, ok2 := unhex(raw[i+2])
-			if !ok1 || !ok2 {
-				return false
-			}
-			c = hi<<4 | lo
-			i += 2
-		}
-		if j >= len(want) || want[j] != c {
+	for i := 0; i < len(raw); {
+		c, n := queryByte(raw, i)
+		if n == 0 || j >= len(want) || want[j] != c {
 			return false
 		}
+		i += n
 		j++
 	}
 	return j == len(want)
@@ -162,36 +172,18 @@ func unescapedEquals(raw []byte, want string) bool {
 
 // unescape decodes a query component ('+' is a space) into a new string.
 func unescape(raw []byte) (string, bool) {
-	plain := true
-	for _, c := range raw {
-		if c == '%' || c == '+' {
-			plain = false
-			break
-		}
-	}
-	if plain {
+	if bytes.IndexByte(raw, '%') < 0 && bytes.IndexByte(raw, '+') < 0 {
 		return string(raw), true
 	}
 	var b strings.Builder
 	b.Grow(len(raw))
-	for i := 0; i < len(raw); i++ {
-		c := raw[i]
-		switch c {
-		case '+':
-			c = ' '
-		case '%':
-			if i+2 >= len(raw) {
-				return "", false
-			}
-			hi, ok1 := unhex(raw[i+1])
-			lo, ok2 := unhex(raw[i+2])
-			if !ok1 || !ok2 {
-				return "", false
-			}
-			c = hi<<4 | lo
-			i += 2
+	for i := 0; i < len(raw); {
+		c, n := queryByte(raw, i)
+		if n == 0 {
+			return "", false
 		}
 		b.WriteByte(c)
+		i += n
 	}
 	return b.String(), true
 }
