@@ -70,9 +70,6 @@ func (cl *Client) Subscribed(ch string) bool {
 	return false
 }
 
-// Channels returns how many channels the client is subscribed to.
-func (cl *Client) Channels() int { return len(cl.subs) }
-
 // CanSubscribe reports whether the client may subscribe to ch (and read
 // its presence and history): any admitted connection may use a public
 // channel; a user may use its own channel "#<sub>"; any other channel

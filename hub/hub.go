@@ -154,12 +154,6 @@ func (h *Hub) NodeID() string { return h.opts.NodeID }
 // Stats returns the hub's counters.
 func (h *Hub) Stats() *Stats { return &h.stats }
 
-// Broker returns the hub's broker.
-func (h *Hub) Broker() broker.Broker { return h.b }
-
-// ChannelOptions returns the options of a channel.
-func (h *Hub) ChannelOptions(ch string) ChannelOptions { return h.opts.Channel(ch) }
-
 // index returns loop k's index, creating it; only on loop k.
 func (h *Hub) index(k int) *loopIndex {
 	if x := h.loops[k].Load(); x != nil {
