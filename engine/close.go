@@ -95,6 +95,7 @@ func (l *loop) connGone(c gnet.Conn, ss *session.Session, err error) {
 		setReason(ss, ReasonConnectionLost)
 	}
 	l.metrics.open.dec()
+	l.releaseAdmission(c, ss)
 	l.wheel.Cancel(ss.Self)
 	ss.State = session.Gone
 	if l.cur == ss {
@@ -148,7 +149,9 @@ func (l *loop) goneAddr(idx int32) net.Addr {
 	return nil
 }
 
-// drain starts closing every connection of the loop for shutdown.
+// drain starts closing every connection of the loop for shutdown. Each
+// gets a retry hint picked at random (see admission.drainReason), so that
+// clients that honour it come back spread out rather than all at once.
 func (l *loop) drain() {
 	l.slab.Each(func(_ int32, ss *session.Session) bool {
 		switch ss.State {
@@ -160,7 +163,7 @@ func (l *loop) drain() {
 			_ = l.el.Close(ss.Conn)
 		case session.Open:
 			setReason(ss, ReasonShutdown)
-			l.sendClose(ss, frame.CloseGoingAway, "server shutting down")
+			l.sendClose(ss, frame.CloseGoingAway, l.srv.admit.drainReason())
 		}
 		return true
 	})

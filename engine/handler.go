@@ -147,7 +147,7 @@ func (l *loop) recoverHandler(ss *session.Session, callback string) {
 		return
 	}
 	l.metrics.handlerPanics.inc()
-	l.log.Error("handler panicked; closing the connection with 1011", "conn", l.connID(ss),
+	l.log.Error("handler panicked; closing the connection with 1011", "conn", l.connID(ss), "client", l.clientAddr(ss, ss.Conn),
 		"callback", callback, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 	if ss.State == session.Open || ss.State == session.Closing {
 		ss.Flags |= session.FlagDiscard

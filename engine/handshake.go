@@ -2,10 +2,13 @@ package engine
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -32,6 +35,7 @@ const (
 	failAborted
 	failFull
 	failUnauthorized
+	failRefused
 	numFailReasons
 )
 
@@ -47,6 +51,7 @@ var failReasonNames = [numFailReasons]string{
 	failAborted:      "aborted",
 	failFull:         "loop_full",
 	failUnauthorized: "unauthorized",
+	failRefused:      "refused",
 }
 
 func (r failReason) String() string { return failReasonNames[r] }
@@ -117,8 +122,13 @@ type handshaker struct {
 	// What the route's Authenticate hook sees, copied out of the
 	// upgrader's buffer (reused, so no allocation per handshake).
 	uri, authorization, cookie []byte
-	out                        []byte // the response being written
-	res                        upgradeResult
+	// What admission sees: Origin and Host (with an Origin allow-list),
+	// X-Forwarded-For (from a trusted proxy).
+	origin, host, xff []byte
+	wantOrigin        bool   // set once: an allow-list is configured
+	wantXFF           bool   // set per request: the peer is a trusted proxy
+	out               []byte // the response being written
+	res               upgradeResult
 }
 
 // Read and Write make the handshaker the "connection" the upgrader reads
@@ -139,6 +149,7 @@ func newHandshaker(routes []route, compression bool, maxRequest int, draining fu
 		Protocol:        h.selectProtocol,
 		Negotiate:       h.negotiate,
 		OnHeader:        h.onHeader,
+		OnHost:          h.onHost,
 	}
 	return h
 }
@@ -157,6 +168,7 @@ func endOfRequest(b []byte) int {
 func (h *handshaker) upgrade(req []byte) *upgradeResult {
 	h.res = upgradeResult{route: -1}
 	h.uri, h.authorization, h.cookie = h.uri[:0], h.authorization[:0], h.cookie[:0]
+	h.origin, h.host, h.xff = h.origin[:0], h.host[:0], h.xff[:0]
 	h.req.Reset(req)
 	h.out = h.out[:0]
 	_, err := h.upgrader.Upgrade(h)
@@ -210,9 +222,27 @@ func (h *handshaker) onRequest(uri []byte) error {
 	return errNotFound
 }
 
-// onHeader keeps the headers an Authenticate hook reads (only for a route
-// that has one).
+func (h *handshaker) onHost(host []byte) error {
+	if h.wantOrigin {
+		h.host = append(h.host[:0], host...)
+	}
+	return nil
+}
+
+// onHeader keeps the headers admission reads, and those an Authenticate
+// hook reads (only for a route that has one).
 func (h *handshaker) onHeader(key, value []byte) error {
+	switch {
+	case h.wantOrigin && bytes.EqualFold(key, []byte("Origin")):
+		h.origin = append(h.origin[:0], value...)
+		return nil
+	case h.wantXFF && bytes.EqualFold(key, []byte("X-Forwarded-For")):
+		if len(h.xff) > 0 {
+			h.xff = append(h.xff, ',')
+		}
+		h.xff = append(h.xff, value...)
+		return nil
+	}
 	if h.res.route < 0 || h.routes[h.res.route].auth == nil {
 		return nil
 	}
@@ -279,6 +309,27 @@ func (l *loop) handshake(c gnet.Conn, ss *session.Session) gnet.Action {
 	if err != nil {
 		return gnet.None
 	}
+	a := l.srv.admit
+	if ss.Has(session.FlagProxied) {
+		if a.proxy && !ss.Has(session.FlagClientAddr) {
+			if buf, err = l.proxyHeader(c, ss, buf, limit); err != nil || buf == nil {
+				if err != nil {
+					return l.refuse(c, ss, admitBadProxy)
+				}
+				return gnet.None
+			}
+			if v := l.admitClient(ss, l.clientAddr(ss, c)); v != admitOK {
+				return l.refuse(c, ss, v)
+			}
+			n = c.InboundBuffered()
+		}
+	} else if yes, sure := looksLikeProxy(buf); yes {
+		if !sure {
+			return gnet.None
+		}
+		l.strike(ss)
+		return l.refuse(c, ss, admitUntrustedProxy)
+	}
 	if buf[0] < 'A' || buf[0] > 'Z' { // not an HTTP method: TLS, garbage
 		return l.reject(c, ss, failBadRequest, respBadRequest)
 	}
@@ -289,14 +340,27 @@ func (l *loop) handshake(c gnet.Conn, ss *session.Session) gnet.Action {
 		}
 		return gnet.None
 	}
+	l.hs.wantXFF = ss.Has(session.FlagProxied) && !a.proxy
 	res := l.hs.upgrade(buf[:end])
 	_, _ = l.src.Discard(end)
 	if !res.ok {
 		return l.reject(c, ss, res.reason, res.response)
 	}
+	if l.hs.wantXFF {
+		if addr, ok := a.forwardedFor(l.hs.xff); ok {
+			l.setClientAddr(ss, addr)
+		}
+		if v := l.admitClient(ss, l.clientAddr(ss, c)); v != admitOK {
+			return l.refuse(c, ss, v)
+		}
+	}
+	if !a.originAllowed(l.hs.origin, l.hs.host) {
+		return l.refuse(c, ss, admitOrigin)
+	}
 	rt := &l.srv.routes[res.route]
 	if rt.auth != nil {
-		req := Request{URI: l.hs.uri, Authorization: l.hs.authorization, Cookie: l.hs.cookie, RemoteAddr: c.RemoteAddr()}
+		req := Request{URI: l.hs.uri, Authorization: l.hs.authorization, Cookie: l.hs.cookie,
+			RemoteAddr: c.RemoteAddr(), ClientAddr: l.clientAddr(ss, c)}
 		v, err := rt.auth(&req)
 		if err != nil {
 			return l.reject(c, ss, failUnauthorized, refusal(err))
@@ -320,7 +384,7 @@ func (l *loop) handshake(c gnet.Conn, ss *session.Session) gnet.Action {
 	l.srv.timeouts.Opened(l.wheel, ss.Self)
 	l.addMember(ss)
 	l.metrics.handshakes.inc()
-	l.debug("connection opened", ss, "remote", c.RemoteAddr(), "path", l.srv.routes[ss.Endpoint].path,
+	l.debug("connection opened", ss, "path", l.srv.routes[ss.Endpoint].path,
 		"deflate", ss.Has(session.FlagDeflate))
 	l.cur = ss
 	l.callOpen(ss)
@@ -331,20 +395,61 @@ func (l *loop) handshake(c gnet.Conn, ss *session.Session) gnet.Action {
 func (l *loop) reject(c gnet.Conn, ss *session.Session, reason failReason, resp []byte) gnet.Action {
 	l.metrics.handshakeFailures[reason].inc()
 	ss.Flags |= session.FlagCloseSent
-	l.debug("handshake rejected", ss, "remote", c.RemoteAddr(), "reason", reason.String())
+	l.debug("handshake rejected", ss, "reason", reason.String())
 	_, _ = c.Discard(c.InboundBuffered())
 	l.metrics.bytesOut.add(uint64(len(resp)))
 	_, _ = c.Write(resp)
 	return gnet.Close
 }
 
+// refuse answers a connection that admission refused.
+func (l *loop) refuse(c gnet.Conn, ss *session.Session, v admitVerdict) gnet.Action {
+	l.srv.admit.reject(v)
+	if l.log.Enabled(context.Background(), slog.LevelDebug) {
+		l.srv.logLimited.debug(l.log, "connection refused", "conn", l.connID(ss), "client", l.clientAddr(ss, c), "reason", v.String())
+	}
+	return l.reject(c, ss, failRefused, l.srv.admit.response(v))
+}
+
+// proxyHeader consumes the PROXY header a trusted proxy opens the
+// connection with and keeps the client address it names. It returns the
+// bytes after it, nil when the header (or anything after it) has not all
+// arrived yet.
+func (l *loop) proxyHeader(c gnet.Conn, ss *session.Session, buf []byte, limit int) ([]byte, error) {
+	n, err := proxyHeaderLen(buf, limit)
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		if len(buf) >= limit {
+			return nil, errors.New("PROXY header too long")
+		}
+		return nil, nil
+	}
+	addr, ok, err := l.proxy.parse(buf[:n])
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		addr = addrOf(c.RemoteAddr())
+	}
+	l.setClientAddr(ss, addr)
+	_, _ = l.src.Discard(n)
+	rest := c.InboundBuffered()
+	if rest == 0 {
+		return nil, nil
+	}
+	return c.Peek(min(rest, limit))
+}
+
 // Request is what a route's Authenticate hook sees of an upgrade request.
 // The byte slices are valid only during the call.
 type Request struct {
-	URI           []byte // the request target, with its query string
-	Authorization []byte // the Authorization header's value, or empty
-	Cookie        []byte // the Cookie header's value, or empty
-	RemoteAddr    net.Addr
+	URI           []byte     // the request target, with its query string
+	Authorization []byte     // the Authorization header's value, or empty
+	Cookie        []byte     // the Cookie header's value, or empty
+	RemoteAddr    net.Addr   // the TCP peer (a trusted proxy, or the client)
+	ClientAddr    netip.Addr // the client: as a trusted proxy gave it, else the TCP peer
 }
 
 // HTTPError refuses an upgrade with Status and a short plain-text Message

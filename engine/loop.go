@@ -28,6 +28,7 @@ type loop struct {
 	slab  *session.Slab
 	wheel *session.Wheel
 	hs    *handshaker
+	proxy proxyParser
 
 	// depth counts the entries from gnet into the loop in progress (a
 	// callback for a connection, or a task). Connections that gnet closes
@@ -50,6 +51,7 @@ type loop struct {
 	zout     []byte // a compressed outbound message
 
 	members [][]int32        // per route: slab indices of its open sessions, for broadcasts
+	clients [][][16]byte     // per slab slot, in pages of clientPage: the client address a trusted proxy gave
 	values  [][]any          // per slab slot, in pages of valuesPage: the handler's value for the connection (Conn.SetValue)
 	backlog []session.Handle // sessions that may have outbound bytes in user space
 	inbox   inbox            // broadcasts posted by other goroutines
@@ -84,6 +86,7 @@ func newLoop(s *Server, idx uint8, el gnet.EventLoop) *loop {
 	slots := max(c.ticks(c.PingInterval), c.ticks(c.HandshakeTimeout), c.ticks(c.CloseTimeout)) + 2
 	l.wheel = session.NewWheel(l.slab, int(slots), s.now())
 	l.hs = newHandshaker(s.routes, c.Compression, c.MaxHandshakeBytes, s.draining.Load)
+	l.hs.wantOrigin = s.admit.checkOrigin
 	if c.Compression {
 		l.deflater = frame.NewDeflater(c.CompressionLevel)
 	}
@@ -148,7 +151,7 @@ func (l *loop) connID(ss *session.Session) uint64 {
 
 func (l *loop) debug(msg string, ss *session.Session, args ...any) {
 	if l.log.Enabled(context.Background(), slog.LevelDebug) {
-		l.log.Debug(msg, append([]any{"conn", l.connID(ss)}, args...)...)
+		l.log.Debug(msg, append([]any{"conn", l.connID(ss), "client", l.clientAddr(ss, ss.Conn)}, args...)...)
 	}
 }
 
@@ -163,12 +166,23 @@ func (l *loop) open(c gnet.Conn) ([]byte, gnet.Action) {
 	h, ss := l.slab.Alloc()
 	if h.Index >= 1<<24 { // a connection id holds 24 bits of slot index
 		l.slab.Free(h.Index)
+		l.srv.releaseAdmission(c.RemoteAddr(), false)
 		l.metrics.handshakeFailures[failFull].inc()
 		l.metrics.bytesOut.add(uint64(len(respFull)))
 		return respFull, gnet.Close
 	}
 	ss.Conn = c
 	ss.Loop = l.idx
+	if a := l.srv.admit; len(a.trusted) > 0 || a.ips != nil {
+		// The same rule atAccept applied: a connection from a trusted
+		// proxy waits for its client's address; any other counted under
+		// its peer's address when per-address rules are on.
+		if a.trustedPeer(addrOf(c.RemoteAddr())) {
+			ss.Flags |= session.FlagProxied
+		} else if a.ips != nil {
+			ss.Flags |= session.FlagPeerTracked
+		}
+	}
 	c.SetContext(ss)
 	l.wheel.Schedule(h.Index, l.deadline(l.srv.timeouts.Handshake))
 	l.metrics.open.inc()

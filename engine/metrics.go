@@ -178,6 +178,27 @@ func (s *Server) WriteMetrics(w io.Writer) {
 	p.sample("wsd_broadcasts_refused_total", "reason", "backlog", int64(s.refusedBacklog.Load()))
 	p.one("wsd_handler_panics_total", "counter", "Handler callbacks that panicked (their connection closed with 1011).",
 		sum(func(m *loopMetrics) *counter { return &m.handlerPanics }))
+	a := s.admit
+	p.family("wsd_admission_rejected_total", "counter",
+		"Connections refused before their upgrade by the admission rules, by reason.")
+	for v := admitServerFull; v < numAdmitVerdicts; v++ {
+		p.sample("wsd_admission_rejected_total", "reason", v.String(), int64(a.rejected[v].Load()))
+	}
+	p.one("wsd_admitted_connections", "gauge", "Connections counted against --max-conns now.", a.conns.Load())
+	p.one("wsd_max_connections", "gauge", "The --max-conns cap in force.", a.maxConns)
+	var tracked, banned, bans int64
+	if a.ips != nil {
+		tracked, banned, bans = a.ips.entries.Load(), a.ips.banned.Load(), int64(a.ips.bans.Load())
+	}
+	p.one("wsd_tracked_ips", "gauge", "Client addresses in the per-address table.", tracked)
+	p.one("wsd_banned_ips", "gauge", "Client addresses banned now (refreshed every second).", banned)
+	p.one("wsd_bans_total", "counter", "Client addresses banned for repeated violations.", bans)
+	p.one("wsd_accept_errors_total", "counter", "accept(2) failures (such as EMFILE); wsd backs off and retries.",
+		int64(s.acceptErrors.Load()))
+	p.family("wsd_loop_connections", "gauge", "TCP connections open now on each event loop.")
+	for _, l := range ls {
+		p.sample("wsd_loop_connections", "loop", strconv.Itoa(int(l.idx)), int64(l.metrics.open.get()))
+	}
 	p.one("wsd_event_loops", "gauge", "Event loops that have served a connection.", int64(len(ls)))
 	var slots int64
 	for _, l := range ls {
@@ -189,6 +210,11 @@ func (s *Server) WriteMetrics(w io.Writer) {
 		draining = 1
 	}
 	p.one("wsd_draining", "gauge", "1 while the server is shutting down.", draining)
+	var ready int64
+	if ok, _ := s.Ready(); ok {
+		ready = 1
+	}
+	p.one("wsd_ready", "gauge", "1 while /readyz answers 200 (not draining, not at --max-conns).", ready)
 	_, _ = w.Write(p.buf)
 }
 

@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
-	"golang.org/x/sys/unix"
 
 	"github.com/wsdproject/wsd/frame"
 	"github.com/wsdproject/wsd/session"
@@ -37,12 +36,17 @@ type Server struct {
 	routes   []route
 	timeouts session.Timeouts
 
-	start   time.Time
-	eng     gnet.Engine
-	addr    net.Addr
-	booted  chan struct{}
-	stopped chan error
-	running atomic.Bool
+	start    time.Time
+	cli      *gnet.Client // gnet's event loops, without a gnet listener (see listen.go)
+	ln       net.Listener
+	acceptWG sync.WaitGroup
+	addr     net.Addr
+	running  atomic.Bool
+
+	admit        *admission
+	acceptErrors atomic.Uint64
+	logLimited   logLimiter
+	janitorStop  chan struct{}
 
 	loopsMu sync.Mutex
 	loops   [maxLoops]atomic.Pointer[loop]
@@ -64,10 +68,10 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("engine config: %w", err)
 	}
 	s := &Server{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		booted:  make(chan struct{}),
-		stopped: make(chan error, 1),
+		cfg:         cfg,
+		log:         cfg.Logger,
+		admit:       newAdmission(&cfg),
+		janitorStop: make(chan struct{}),
 	}
 	s.timeouts = session.Timeouts{
 		Handshake: cfg.ticks(cfg.HandshakeTimeout),
@@ -111,45 +115,84 @@ func (s *Server) Start() error {
 		return errors.New("engine: already started")
 	}
 	s.start = time.Now()
-	addr := "tcp://" + s.cfg.Addr
-	go func() {
-		s.stopped <- gnet.Run(s, addr,
-			gnet.WithMulticore(true),
-			gnet.WithNumEventLoop(s.cfg.Loops),
-			gnet.WithLoadBalancing(gnet.LeastConnections),
-			gnet.WithReuseAddr(true),
-			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
-			gnet.WithTicker(true),
-			gnet.WithLogger(gnetLogger{s.log}),
-		)
-	}()
-	select {
-	case <-s.booted:
-		return nil
-	case err := <-s.stopped:
+	ln, err := s.listen()
+	if err != nil {
 		s.running.Store(false)
-		if err == nil {
-			err = errors.New("engine stopped during start")
-		}
 		return fmt.Errorf("listen on %s: %w", s.cfg.Addr, err)
+	}
+	cli, err := gnet.NewClient(s,
+		gnet.WithMulticore(true),
+		gnet.WithNumEventLoop(s.cfg.Loops),
+		gnet.WithLoadBalancing(gnet.LeastConnections),
+		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+		gnet.WithTicker(true),
+		gnet.WithLogger(gnetLogger{s.log}),
+	)
+	if err == nil {
+		err = cli.Start()
+	}
+	if err != nil {
+		_ = ln.Close()
+		s.running.Store(false)
+		return fmt.Errorf("start event loops: %w", err)
+	}
+	s.cli, s.ln, s.addr = cli, ln, ln.Addr()
+	s.log.Info("listening", "addr", s.addr.String(), "loops", s.cfg.Loops, "max_conns", s.cfg.MaxConns)
+	if s.admit.ips != nil {
+		go s.janitor()
+	}
+	for range acceptors {
+		s.acceptWG.Add(1)
+		go s.acceptLoop(ln, &s.acceptWG)
+	}
+	return nil
+}
+
+// janitor forgets idle per-address entries and counts bans in force.
+func (s *Server) janitor() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.janitorStop:
+			return
+		case <-t.C:
+			s.admit.ips.sweep(monoNow())
+		}
 	}
 }
 
 // Addr returns the address the server listens on (after Start).
 func (s *Server) Addr() net.Addr { return s.addr }
 
+// Ready reports whether the server takes new connections, and if not why:
+// it is draining, or at MaxConns.
+func (s *Server) Ready() (bool, string) {
+	switch {
+	case s.draining.Load():
+		return false, "draining"
+	case s.admit.conns.Load() >= s.admit.maxConns:
+		return false, "at --max-conns"
+	}
+	return true, ""
+}
+
 // Draining reports whether Shutdown has begun.
 func (s *Server) Draining() bool { return s.draining.Load() }
 
-// Shutdown stops taking new connections, sends every open connection a
-// close frame with 1001 (going away), waits until they are gone or ctx
-// ends, then stops the event loops, closing whatever is left. Broadcasts
-// fail with ErrServerClosed from the moment it is called.
+// Shutdown closes the listener at once (new TCP connections are refused
+// by the kernel from then on), sends every open connection a close frame
+// with 1001 (going away) whose reason carries a retry hint, waits until
+// they are gone or ctx ends, then stops the event loops, closing whatever
+// is left. Broadcasts fail with ErrServerClosed from the moment it is
+// called.
 func (s *Server) Shutdown(ctx context.Context) error {
 	if !s.running.Load() {
 		return nil
 	}
 	if s.draining.CompareAndSwap(false, true) {
+		_ = s.ln.Close()
+		s.acceptWG.Wait() // a connection being handed over lands before the loops drain
 		for _, l := range s.loopList() {
 			_ = l.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
 				l.enter()
@@ -170,16 +213,21 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 stop:
-	stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := s.eng.Stop(stopCtx); err != nil {
-		return fmt.Errorf("stop event loops: %w", err)
+	if !s.running.CompareAndSwap(true, false) {
+		return nil
 	}
+	if s.admit.ips != nil {
+		close(s.janitorStop)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.cli.Stop() }()
 	select {
-	case err := <-s.stopped:
-		s.running.Store(false)
-		return err
-	case <-stopCtx.Done():
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("stop event loops: %w", err)
+		}
+		return nil
+	case <-time.After(10 * time.Second):
 		return errors.New("event loops did not stop in 10s")
 	}
 }
@@ -225,30 +273,8 @@ func (s *Server) loopOf(el gnet.EventLoop) *loop {
 
 // The gnet.EventHandler methods.
 
-// OnBoot records the engine and the bound address.
-func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
-	s.eng = eng
-	if fd, err := eng.Dup(); err == nil {
-		if sa, err := unix.Getsockname(fd); err == nil {
-			switch a := sa.(type) {
-			case *unix.SockaddrInet4:
-				s.addr = &net.TCPAddr{IP: net.IP(a.Addr[:]).To16(), Port: a.Port}
-			case *unix.SockaddrInet6:
-				s.addr = &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
-			}
-		}
-		_ = unix.Close(fd)
-	}
-	if s.addr == nil { // Dup failed: report what was configured
-		s.addr = &net.TCPAddr{}
-		if a, err := net.ResolveTCPAddr("tcp", s.cfg.Addr); err == nil {
-			s.addr = a
-		}
-	}
-	s.log.Info("listening", "addr", s.addr.String(), "loops", s.cfg.Loops)
-	close(s.booted)
-	return gnet.None
-}
+// OnBoot runs when gnet starts its loops; Start has all it needs.
+func (s *Server) OnBoot(gnet.Engine) gnet.Action { return gnet.None }
 
 // OnShutdown runs after every loop has stopped.
 func (s *Server) OnShutdown(gnet.Engine) {}
@@ -257,12 +283,25 @@ func (s *Server) OnShutdown(gnet.Engine) {}
 func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	l := s.loopOf(c.EventLoop())
 	if s.draining.Load() {
+		s.releaseAdmission(c.RemoteAddr(), false)
 		l.metrics.accepted.inc()
 		l.metrics.handshakeFailures[failDraining].inc()
 		l.metrics.bytesOut.add(uint64(len(respDraining)))
 		return respDraining, gnet.Close
 	}
 	return l.open(c)
+}
+
+// releaseAdmission returns an accepted connection's places under the
+// global and per-address caps (those atAccept took).
+func (s *Server) releaseAdmission(peer net.Addr, skipIP bool) {
+	a := s.admit
+	a.release()
+	if a.ips != nil && !skipIP {
+		if p := addrOf(peer); !a.trustedPeer(p) {
+			a.ips.release(p)
+		}
+	}
 }
 
 // OnTraffic runs when a connection has new bytes.

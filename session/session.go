@@ -74,6 +74,18 @@ const (
 	// over its outbound high-water mark (set at the first drop, cleared
 	// when a frame is accepted again).
 	FlagDropping
+	// FlagPeerTracked: the connection counts in the per-address table under
+	// its TCP peer's address.
+	FlagPeerTracked
+	// FlagProxied: the TCP peer is a trusted proxy; the client's address
+	// comes from its PROXY header or X-Forwarded-For.
+	FlagProxied
+	// FlagClientAddr: the engine keeps the client address the connection's
+	// proxy gave.
+	FlagClientAddr
+	// FlagClientTracked: the connection counts in the per-address table
+	// under the client address its proxy gave.
+	FlagClientTracked
 )
 
 // Session is one connection. It is kept small (every idle connection pays

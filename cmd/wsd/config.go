@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"regexp"
 	"sort"
@@ -57,6 +58,12 @@ type config struct {
 	maxSubscriptions   int
 	maxChannels        int
 	maxHistoryBytes    int64
+
+	// Operations.
+	trustedProxies prefixList
+	allowedOrigins string
+	pprof          bool
+	printConfig    bool
 
 	flags *flag.FlagSet // what set the fields above; for settings
 }
@@ -109,8 +116,66 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.IntVar(&c.maxSubscriptions, "max-subscriptions", 128, "channels one connection may be subscribed to at once")
 	fs.IntVar(&c.maxChannels, "max-channels", 100000, "channels with subscribers, and channel streams or presence sets, the node keeps at once (more: TOO_MANY_CHANNELS)")
 	fs.Int64Var(&c.maxHistoryBytes, "max-history-bytes", 256<<20, "bytes of publication data kept in all histories together (oldest of a channel evicted first)")
+
+	fs.BoolVar(&e.ReusePort, "reuse-port", false, "set SO_REUSEPORT so several wsd processes can listen on one port")
+	fs.IntVar(&e.MaxConns, "max-conns", 0, "connections open at once, handshaking ones included (past it: HTTP 503 at accept); 0 means the open-file limit minus 128")
+	fs.Float64Var(&e.MaxHandshakesPerSec, "max-handshakes-per-sec", 0, "new connections per second for the whole server, to pace reconnect storms (past it: 503 with a jittered Retry-After); 0 off")
+	durationVar(fs, &e.RetryAfterMax, "retry-after-max", d.RetryAfterMax, "largest retry hint: Retry-After of paced or full refusals and the drain's 1001 reason pick 1s to this at random")
+	fs.IntVar(&e.MaxConnsPerIP, "max-conns-per-ip", 0, "connections from one client address, IPv6 per /64 (past it: 429); 0 off")
+	fs.Float64Var(&e.HandshakeRatePerIP, "handshake-rate-per-ip", 0, "new connections per second from one client address (past it: 429); 0 off")
+	fs.IntVar(&e.HandshakeBurstPerIP, "handshake-burst-per-ip", 0, "burst of new connections from one client address; 0 means twice --handshake-rate-per-ip")
+	fs.IntVar(&e.BanAfter, "ban-after", 0, "ban a client address after this many violations (per-address refusals, floods, untrusted PROXY headers) within --ban-window; 0 off")
+	durationVar(fs, &e.BanWindow, "ban-window", d.BanWindow, "window in which --ban-after violations ban an address")
+	durationVar(fs, &e.BanDuration, "ban-duration", d.BanDuration, "how long a ban lasts (refused with 429 at accept meanwhile)")
+	fs.IntVar(&e.MaxTrackedIPs, "max-tracked-ips", d.MaxTrackedIPs, "client addresses the per-address rules keep state for (a new address past it: 503)")
+	fs.Var(&c.trustedProxies, "trusted-proxies", "comma-separated addresses or CIDRs of proxies whose X-Forwarded-For (or PROXY header, with --proxy-protocol) gives the client address")
+	fs.BoolVar(&e.ProxyProtocol, "proxy-protocol", false, "trusted proxies open every connection with a PROXY protocol header (v1 or v2); without it they are refused")
+	fs.StringVar(&c.allowedOrigins, "allowed-origins", "", "comma-separated Origin allow-list: scheme://host[:port], scheme://*.domain, or *; empty: any origin (past it: 403)")
+	fs.BoolVar(&e.AllowSameOrigin, "allow-same-origin", true, "with --allowed-origins, also admit an Origin naming the request's own Host")
+	fs.BoolVar(&e.AllowNoOrigin, "allow-no-origin", true, "with --allowed-origins, also admit requests without an Origin header (clients that are not browsers)")
+	fs.BoolVar(&c.pprof, "pprof", false, "serve /debug/pprof/ on the admin listener")
+	fs.BoolVar(&c.printConfig, "print-config", false, "print the effective configuration as TOML (secrets masked) and exit")
 	return fs
 }
+
+// prefixList is a comma-separated list of addresses and CIDR prefixes.
+type prefixList []netip.Prefix
+
+func (p *prefixList) Set(s string) error {
+	var out []netip.Prefix
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		if strings.Contains(f, "/") {
+			pr, err := netip.ParsePrefix(f)
+			if err != nil {
+				return fmt.Errorf("%q is not an address or CIDR prefix", f)
+			}
+			out = append(out, pr.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(f)
+		if err != nil {
+			return fmt.Errorf("%q is not an address or CIDR prefix", f)
+		}
+		a = a.Unmap()
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	*p = out
+	return nil
+}
+
+func (p *prefixList) String() string {
+	var ss []string
+	for _, pr := range *p {
+		ss = append(ss, pr.String())
+	}
+	return strings.Join(ss, ",")
+}
+
+func (p *prefixList) Get() any { return p.String() }
 
 // durationValue is flag's own duration flag but for the message when the
 // value does not parse: flag says only "parse error", which does not tell
@@ -248,6 +313,35 @@ func parseConfig(args []string, stdout io.Writer) (*config, error) {
 	if c.defaults.HistorySize < 0 {
 		return nil, fmt.Errorf("invalid --history-size %d: must be 0 or more", c.defaults.HistorySize)
 	}
+	e.TrustedProxies = c.trustedProxies
+	for _, o := range strings.Split(c.allowedOrigins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			e.AllowedOrigins = append(e.AllowedOrigins, o)
+		}
+	}
+	for _, s := range []struct {
+		name string
+		ok   bool
+	}{
+		{"max-conns", e.MaxConns >= 0},
+		{"max-handshakes-per-sec", e.MaxHandshakesPerSec >= 0},
+		{"retry-after-max", e.RetryAfterMax > 0},
+		{"max-conns-per-ip", e.MaxConnsPerIP >= 0},
+		{"handshake-rate-per-ip", e.HandshakeRatePerIP >= 0},
+		{"handshake-burst-per-ip", e.HandshakeBurstPerIP >= 0},
+		{"ban-after", e.BanAfter >= 0},
+		{"ban-window", e.BanWindow > 0},
+		{"ban-duration", e.BanDuration > 0},
+		{"max-tracked-ips", e.MaxTrackedIPs > 0},
+	} {
+		if !s.ok {
+			f := fs.Lookup(s.name)
+			return nil, fmt.Errorf("invalid --%s %s: out of range (default %s)", s.name, f.Value, f.DefValue)
+		}
+	}
+	if e.ProxyProtocol && len(e.TrustedProxies) == 0 {
+		return nil, errors.New("--proxy-protocol needs --trusted-proxies (the peers allowed to send PROXY headers)")
+	}
 	if c.nodeID != "" && !validNodeID(c.nodeID) {
 		return nil, fmt.Errorf("invalid --node-id %q: letters, digits, '_' and '-' only, at most 32", c.nodeID)
 	}
@@ -354,20 +448,22 @@ func parseLevel(s string) (slog.Level, error) {
 // secrets (see isSecret) are masked.
 func (c *config) settings(eff engine.Config) []slog.Attr {
 	fromEngine := map[string]any{
-		"listen":                eff.Addr,
-		"loops":                 eff.Loops,
-		"ping-interval":         eff.PingInterval,
-		"max-missed-pongs":      eff.MaxMissedPongs,
-		"max-message-bytes":     eff.MaxMessageBytes,
-		"handshake-timeout":     eff.HandshakeTimeout,
-		"max-handshake-bytes":   eff.MaxHandshakeBytes,
-		"close-timeout":         eff.CloseTimeout,
-		"max-outbound-bytes":    eff.MaxOutboundBytes,
-		"max-broadcast-backlog": eff.MaxBroadcastBacklog,
-		"slow-consumer":         eff.SlowConsumer.String(), // not its number
-		"compression":           eff.Compression,
-		"compression-level":     eff.CompressionLevel,
-		"compression-min-bytes": eff.CompressionMinBytes,
+		"listen":                 eff.Addr,
+		"loops":                  eff.Loops,
+		"ping-interval":          eff.PingInterval,
+		"max-missed-pongs":       eff.MaxMissedPongs,
+		"max-message-bytes":      eff.MaxMessageBytes,
+		"handshake-timeout":      eff.HandshakeTimeout,
+		"max-handshake-bytes":    eff.MaxHandshakeBytes,
+		"close-timeout":          eff.CloseTimeout,
+		"max-outbound-bytes":     eff.MaxOutboundBytes,
+		"max-broadcast-backlog":  eff.MaxBroadcastBacklog,
+		"slow-consumer":          eff.SlowConsumer.String(), // not its number
+		"compression":            eff.Compression,
+		"compression-level":      eff.CompressionLevel,
+		"compression-min-bytes":  eff.CompressionMinBytes,
+		"max-conns":              eff.MaxConns,
+		"handshake-burst-per-ip": eff.HandshakeBurstPerIP,
 	}
 	var attrs []slog.Attr
 	c.flags.VisitAll(func(f *flag.Flag) {
@@ -387,6 +483,34 @@ func (c *config) settings(eff engine.Config) []slog.Attr {
 		attrs = append(attrs, slog.Any(f.Name, v))
 	})
 	return attrs
+}
+
+// writeConfig writes settings as a TOML file that --config reads back.
+// Secrets are written as comments: a file with a masked value in it would
+// set that value.
+func writeConfig(w io.Writer, attrs []slog.Attr) {
+	fmt.Fprintln(w, "# wsd's effective configuration (wsd --print-config); keys are flag names.")
+	for _, a := range attrs {
+		if a.Key == "config" || a.Key == "print-config" {
+			continue
+		}
+		var v string
+		switch x := a.Value.Any().(type) {
+		case bool, int, int64, uint, uint64:
+			v = fmt.Sprint(x)
+		case float64:
+			v = strconv.FormatFloat(x, 'f', -1, 64)
+		case time.Duration:
+			v = strconv.Quote(x.String())
+		default:
+			v = strconv.Quote(fmt.Sprint(x))
+		}
+		if isSecret(a.Key) && a.Value.String() != "" {
+			fmt.Fprintf(w, "# %s = (set; masked)\n", a.Key)
+			continue
+		}
+		fmt.Fprintf(w, "%s = %s\n", a.Key, v)
+	}
 }
 
 // isSecret reports whether a setting holds a credential, judged by its

@@ -24,10 +24,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime/debug"
 	runtimemetrics "runtime/metrics"
+	"sync"
 	"syscall"
 	"time"
 
@@ -72,6 +74,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 	if err != nil {
 		fmt.Fprintf(stderr, "wsd: %v\n", err)
 		return 2
+	}
+	if cfg.printConfig {
+		writeConfig(stdout, cfg.settings(srv.Config()))
+		return 0
 	}
 	verifier, err := cfg.verifier()
 	if err != nil {
@@ -136,9 +142,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 	}
 	var admin *http.Server
 	if adminLn != nil {
-		admin = &http.Server{Handler: adminMux(srv, &api{hub: h, srv: srv, mem: mem, key: cfg.apiKey, maxData: int(cfg.engine.MaxMessageBytes), log: log}), ReadHeaderTimeout: 5 * time.Second}
+		mux := adminMux(srv, &api{hub: h, srv: srv, mem: mem, key: cfg.apiKey, maxData: int(cfg.engine.MaxMessageBytes), log: log})
+		if cfg.pprof {
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+			log.Info("pprof on the admin listener", "path", "/debug/pprof/")
+		}
+		admin = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
 		go func() {
-			if err := admin.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := admin.Serve(limitListener(adminLn, maxAdminConns)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("admin server stopped", "err", err)
 			}
 		}()
@@ -239,11 +254,49 @@ func adminMux(srv *engine.Server, a *api) *http.ServeMux {
 		io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if srv.Draining() {
-			http.Error(w, "draining", http.StatusServiceUnavailable)
+		if ok, why := srv.Ready(); !ok {
+			http.Error(w, why, http.StatusServiceUnavailable)
 			return
 		}
 		io.WriteString(w, "ready\n")
 	})
 	return mux
+}
+
+// maxAdminConns bounds the admin listener's connections: its descriptors
+// come out of FDReserve, which --max-conns leaves for everything but
+// WebSocket clients.
+const maxAdminConns = 64
+
+// limitListener accepts at most n connections at once; the next waits in
+// the kernel's backlog until one closes.
+func limitListener(ln net.Listener, n int) net.Listener {
+	return &limitedListener{Listener: ln, sem: make(chan struct{}, n)}
+}
+
+type limitedListener struct {
+	net.Listener
+	sem chan struct{}
+}
+
+func (l *limitedListener) Accept() (net.Conn, error) {
+	l.sem <- struct{}{}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.sem
+		return nil, err
+	}
+	return &limitedConn{Conn: c, release: func() { <-l.sem }}, nil
+}
+
+type limitedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
 }

@@ -59,13 +59,62 @@ type server struct {
 	cmd   *exec.Cmd
 	ws    string // host:port
 	admin string // host:port
+	log   *logTail
+}
+
+// logTail keeps the server's log lines (JSON) for tests that check them.
+type logTail struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logTail) add(s string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.lines) < 100000 {
+		l.lines = append(l.lines, s)
+	}
+}
+
+// find waits, bounded, for a log line holding every part.
+func (l *logTail) find(t testing.TB, parts ...string) string {
+	t.Helper()
+	deadline := time.Now().Add(wstest.Timeout)
+	for {
+		l.mu.Lock()
+		for _, line := range l.lines {
+			ok := true
+			for _, p := range parts {
+				ok = ok && strings.Contains(line, p)
+			}
+			if ok {
+				l.mu.Unlock()
+				return line
+			}
+		}
+		l.mu.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line with %q", parts)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // start runs wsd with args on free loopback ports and waits until it listens.
 func start(t *testing.T, args ...string) *server {
 	t.Helper()
+	return startCmd(t, nil, args...)
+}
+
+// startCmd is start with the command line wrapped by wrap (a shell that
+// sets a resource limit, say): wrap(bin, args) returns the command to run.
+func startCmd(t *testing.T, wrap func(bin string, args []string) *exec.Cmd, args ...string) *server {
+	t.Helper()
 	args = append([]string{"--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "json"}, args...)
 	cmd := exec.Command(bin, args...)
+	if wrap != nil {
+		cmd = wrap(bin, args)
+	}
 	cmd.Env = append(os.Environ(), "GOGC="+gogc)
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
@@ -75,9 +124,10 @@ func start(t *testing.T, args ...string) *server {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 	})
-	s := &server{cmd: cmd}
+	s := &server{cmd: cmd, log: &logTail{}}
 	sc := bufio.NewScanner(stderr)
 	for (s.ws == "" || s.admin == "") && sc.Scan() {
+		s.log.add(sc.Text())
 		var line struct{ Msg, Addr string }
 		if json.Unmarshal(sc.Bytes(), &line) != nil {
 			continue
@@ -89,7 +139,12 @@ func start(t *testing.T, args ...string) *server {
 			s.admin = line.Addr
 		}
 	}
-	go io.Copy(io.Discard, stderr)
+	go func() {
+		for sc.Scan() {
+			s.log.add(sc.Text())
+		}
+		_, _ = io.Copy(io.Discard, stderr)
+	}()
 	if s.ws == "" || s.admin == "" {
 		t.Fatalf("wsd did not start (ws %q, admin %q)", s.ws, s.admin)
 	}

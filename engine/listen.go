@@ -1,0 +1,126 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// wsd accepts connections itself and hands each to a gnet event loop
+// (gnet's client engine, which runs loops without a listener), rather than
+// letting gnet's reactor accept, for three reasons:
+//   - gnet stops the whole engine, every connection with it, on an accept
+//     error it does not expect, EMFILE included: a peer that opens enough
+//     connections would take the server down (wsd backs off and retries);
+//   - a drain must refuse new TCP connections at once while the open ones
+//     finish, and gnet cannot close its listener without stopping its loops;
+//   - a refusal at accept (server full, paced, a banned or over-limit
+//     address) is answered and closed here, before any session exists.
+
+// acceptors is how many goroutines accept: each waits while a loop
+// registers the connection it handed over, so more than one keeps accepts
+// flowing while a loop is busy.
+const acceptors = 2
+
+// listen binds the listener.
+func (s *Server) listen() (net.Listener, error) {
+	lc := net.ListenConfig{
+		KeepAlive: -1, // WebSocket heartbeats find dead peers; no TCP keepalive timers for idle connections
+		Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) {
+				if s.cfg.ReusePort {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+				}
+			})
+			return errors.Join(err, serr)
+		},
+	}
+	return lc.Listen(context.Background(), "tcp", s.cfg.Addr)
+}
+
+// acceptLoop accepts until the listener is closed.
+func (s *Server) acceptLoop(ln net.Listener, wg *sync.WaitGroup) {
+	defer wg.Done()
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// EMFILE, ENFILE, ENOBUFS, ENOMEM: wait for descriptors or
+			// memory to come back; the backlog holds the peers meanwhile.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.acceptErrors.Add(1)
+			s.logLimited.warn(s.log, "accept failed; retrying", "err", err, "retry_in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		tc, ok := c.(*net.TCPConn)
+		if !ok {
+			_ = c.Close()
+			continue
+		}
+		if err := s.accepted(tc); err != nil && !s.draining.Load() {
+			// gnet dups the descriptor: at the limit that fails as accept
+			// does, and is waited out the same way.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.acceptErrors.Add(1)
+			s.logLimited.warn(s.log, "handing a connection to an event loop failed; retrying", "err", err, "retry_in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+	}
+}
+
+// accepted admits or refuses one accepted connection; an error means it
+// was admitted but could not be handed to a loop (and is closed).
+func (s *Server) accepted(c *net.TCPConn) error {
+	peer := addrOf(c.RemoteAddr())
+	a := s.admit
+	v, tracked := a.atAccept(peer, monoNow())
+	if v != admitOK {
+		a.reject(v)
+		refuseAtAccept(c, a.response(v))
+		s.logLimited.debug(s.log, "connection refused at accept", "client", peer, "reason", v.String())
+		return nil
+	}
+	// OnOpen works out again whether the connection was counted under its
+	// peer's address (the same rule as atAccept's): nothing travels along.
+	if _, err := s.cli.Enroll(c); err != nil {
+		a.release()
+		if tracked {
+			a.ips.release(peer)
+		}
+		_ = c.Close()
+		return err
+	}
+	return nil
+}
+
+// refuseAtAccept answers a connection refused at accept and closes it.
+// Whatever part of the request has arrived is read first: closing a socket
+// with unread bytes resets it, and a reset can destroy the answer before
+// the client reads it.
+func refuseAtAccept(c *net.TCPConn, resp []byte) {
+	rc, err := c.SyscallConn()
+	if err == nil {
+		var scratch [1024]byte
+		_ = rc.Read(func(fd uintptr) bool {
+			_, _ = unix.Read(int(fd), scratch[:]) // one non-blocking try
+			return true
+		})
+		_ = rc.Write(func(fd uintptr) bool {
+			_, _ = unix.Write(int(fd), resp) // a new socket's send buffer takes it whole
+			return true
+		})
+	}
+	_ = c.Close()
+}
