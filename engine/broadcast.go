@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/wsdproject/wsd/frame"
 	"github.com/wsdproject/wsd/session"
@@ -63,6 +64,7 @@ type Frame struct {
 	plain      []byte // the frame
 	compressed []byte // the frame compressed (full window), or empty
 	refs       atomic.Int32
+	born       int64 // monoNow when it was made: for the publish→delivery latency
 }
 
 // Key returns the key the frame was fanned out with (a channel name, say).
@@ -123,6 +125,7 @@ func (s *Server) newFrame(from *loop, op frame.OpCode, payload []byte) *Frame {
 	}
 	b := broadcastPool.Get().(*Frame)
 	b.to, b.key, b.seq, b.route = nil, "", 0, 0
+	b.born = monoNow()
 	b.plain = frame.AppendFrame(b.plain[:0], op, 0, payload)
 	b.compressed = b.compressed[:0]
 	if s.cfg.Compression && len(payload) >= s.cfg.CompressionMinBytes {
@@ -250,6 +253,12 @@ func (l *loop) drainInbox() {
 // deliver writes a broadcast to every open connection of its route on this
 // loop: it walks the route's member list, not the slab.
 func (l *loop) deliver(b *Frame) {
+	sent := l.metrics.messagesOut.get()
+	defer func() {
+		if l.metrics.messagesOut.get() != sent {
+			l.metrics.publishLatency.observe(time.Duration(monoNow() - b.born))
+		}
+	}()
 	if b.to != nil {
 		l.deliverTo(b)
 		return

@@ -272,10 +272,12 @@ func (c Config) withDefaults() (Config, error) {
 		}
 	}
 	check(!c.ProxyProtocol || len(c.TrustedProxies) > 0, "the PROXY protocol needs trusted proxies")
-	check(c.MessageRate >= 0 && c.MessageRate <= 1e6, "message rate must be 0 to 10^6 per second, got %v", c.MessageRate)
+	check(c.MessageRate >= 0 && c.MessageRate <= 1000, "message rate must be 0 to 1000 per second, got %v", c.MessageRate)
 	check(c.MessageBurst >= 1 && c.MessageBurst <= 1<<20, "message burst must be 1 to 2^20, got %d", c.MessageBurst)
 	check(c.MaxRateStrikes >= 1 && c.MaxRateStrikes <= 1<<16, "max rate strikes must be 1 to 65536, got %d", c.MaxRateStrikes)
 	check(c.MaxInboundBytesPerSec >= 0, "max inbound bytes per second must not be negative, got %d", c.MaxInboundBytesPerSec)
+	check(c.MaxInboundBytesPerSec == 0 || time.Duration(float64(c.MaxMessageBytes)/float64(c.MaxInboundBytesPerSec)*float64(time.Second)) <= maxByteBurst,
+		"max inbound bytes per second %d is too low for max message bytes %d: the largest message would take more than %v", c.MaxInboundBytesPerSec, c.MaxMessageBytes, maxByteBurst)
 	check(c.IdleTimeout >= 0 && c.IdleTimeout <= 24*time.Hour, "idle timeout must be 0 to 24h, got %v", c.IdleTimeout)
 	if c.Tick == 0 {
 		c.Tick = time.Second

@@ -220,6 +220,17 @@ func (l *loop) setValue(idx int32, v any) {
 
 // ExpiryHandler is implemented by a Handler that sets expiries with
 // Conn.SetExpiry.
+type RateLimitHandler interface {
+	// OnRateLimited runs instead of OnMessage for a data message that came
+	// past the connection's MessageRate (its burst spent): the message is
+	// not handled, and the handler may tell the peer so. After
+	// MaxRateStrikes of them in a row the engine closes the connection with
+	// 1008 instead. p is valid only during the call.
+	OnRateLimited(c Conn, op frame.OpCode, p []byte)
+}
+
+// ExpiryHandler is a Handler that is told when a connection's expiry
+// (Conn.SetExpiry) comes.
 type ExpiryHandler interface {
 	// OnExpire runs on the connection's loop when its expiry has come. The
 	// connection stays open unless OnExpire closes it (or sets a new

@@ -65,6 +65,11 @@ const (
 	ReasonShutdown
 	// ReasonInternalError: a Handler callback panicked (1011).
 	ReasonInternalError
+	// ReasonRateLimit: the peer went on past its message rate, or past its
+	// inbound bytes per second (1008).
+	ReasonRateLimit
+	// ReasonIdle: the peer sent no data message for IdleTimeout (1000).
+	ReasonIdle
 	numCloseReasons
 )
 
@@ -79,6 +84,8 @@ var closeReasonNames = [numCloseReasons]string{
 	ReasonSlowConsumer:   "slow_consumer",
 	ReasonShutdown:       "shutdown",
 	ReasonInternalError:  "internal_error",
+	ReasonRateLimit:      "rate_limit",
+	ReasonIdle:           "idle",
 }
 
 // setReason records why ss is closing, unless a reason was already
@@ -132,6 +139,11 @@ func (l *loop) callMessage(ss *session.Session, op frame.OpCode, p []byte) {
 func (l *loop) callClose(ss *session.Session, info CloseInfo) {
 	defer l.recoverHandler(ss, "OnClose")
 	l.srv.routes[ss.Endpoint].handler.OnClose(l.conn(ss), info)
+}
+
+func (l *loop) callRateLimited(h RateLimitHandler, ss *session.Session, op frame.OpCode, p []byte) {
+	defer l.recoverHandler(ss, "OnRateLimited")
+	h.OnRateLimited(l.conn(ss), op, p)
 }
 
 func (l *loop) callExpire(h ExpiryHandler, ss *session.Session) {

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gobwas/httphead"
 	"github.com/gobwas/ws"
@@ -382,6 +383,8 @@ func (l *loop) handshake(c gnet.Conn, ss *session.Session) gnet.Action {
 	// before it, not to this one.
 	l.drainInbox()
 	l.srv.timeouts.Opened(l.wheel, ss.Self)
+	l.metrics.handshakeLatency.observe(time.Duration(msgNow()-ss.MsgTAT) * msgUnit)
+	l.startLimits(ss)
 	l.addMember(ss)
 	l.metrics.handshakes.inc()
 	l.debug("connection opened", ss, "path", l.srv.routes[ss.Endpoint].path,

@@ -185,6 +185,7 @@ func (l *loop) open(c gnet.Conn) ([]byte, gnet.Action) {
 	}
 	c.SetContext(ss)
 	l.wheel.Schedule(h.Index, l.deadline(l.srv.timeouts.Handshake))
+	ss.MsgTAT = msgNow() // the accept time, for the handshake latency
 	l.metrics.open.inc()
 	l.slabCap.Store(int64(l.slab.Cap()))
 	return nil, gnet.None
@@ -215,7 +216,9 @@ func (l *loop) traffic(c gnet.Conn, ss *session.Session) gnet.Action {
 		// follow.
 	}
 	session.Touch(ss, l.wheel.Now())
+	start := l.src.n
 	l.readFrames(ss)
+	l.chargeBytes(ss, l.src.n-start)
 	return l.flush(c, ss)
 }
 

@@ -48,6 +48,9 @@ type loopMetrics struct {
 	droppedFrames     counter // frames not sent to connections over their mark
 	handlerPanics     counter
 	handshakeFailures [numFailReasons]counter
+	limitsFired       [numLimitKinds]counter
+	handshakeLatency  histogram // accept to 101 written
+	publishLatency    histogram // Fanout/Broadcast called to written to the loop's last receiver
 	closedByCode      [len(closeCodes) + 1]counter
 	closedByReason    [numCloseReasons]counter
 	outboundBytes     atomic.Int64 // bytes waiting in user space for peers, as of the last tick
@@ -178,6 +181,14 @@ func (s *Server) WriteMetrics(w io.Writer) {
 	p.sample("wsd_broadcasts_refused_total", "reason", "backlog", int64(s.refusedBacklog.Load()))
 	p.one("wsd_handler_panics_total", "counter", "Handler callbacks that panicked (their connection closed with 1011).",
 		sum(func(m *loopMetrics) *counter { return &m.handlerPanics }))
+	p.family("wsd_limits_fired_total", "counter", "Per-connection limits that fired, by kind (message_rate: a message refused with RATE_LIMIT_EXCEEDED; message_rate_close and inbound_bytes: closed with 1008; idle_timeout: closed with 1000).")
+	for k := range numLimitKinds {
+		p.sample("wsd_limits_fired_total", "kind", limitNames[k], sum(func(m *loopMetrics) *counter { return &m.limitsFired[k] }))
+	}
+	p.histogram("wsd_handshake_duration_seconds", "From TCP accept to the 101 response written (includes the client sending its request).",
+		ls, func(m *loopMetrics) *histogram { return &m.handshakeLatency })
+	p.histogram("wsd_publish_delivery_seconds", "From a broadcast or channel publication being fanned out to its frame written for the last receiver on an event loop (one observation per loop with receivers).",
+		ls, func(m *loopMetrics) *histogram { return &m.publishLatency })
 	a := s.admit
 	p.family("wsd_admission_rejected_total", "counter",
 		"Connections refused before their upgrade by the admission rules, by reason.")

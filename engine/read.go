@@ -72,7 +72,9 @@ func (l *loop) message(ss *session.Session, ev frame.Event) {
 		payload = out
 	}
 	l.metrics.messagesIn.inc()
-	l.callMessage(ss, ev.Op, payload)
+	if l.takeMessage(ss, ev.Op, payload) {
+		l.callMessage(ss, ev.Op, payload)
+	}
 	if cap(l.zin) > maxIdleBuffer {
 		l.zin = nil
 	}

@@ -44,6 +44,7 @@ type Server struct {
 	running  atomic.Bool
 
 	admit        *admission
+	lim          connLimits
 	acceptErrors atomic.Uint64
 	logLimited   logLimiter
 	janitorStop  chan struct{}
@@ -71,6 +72,7 @@ func New(cfg Config) (*Server, error) {
 		cfg:         cfg,
 		log:         cfg.Logger,
 		admit:       newAdmission(&cfg),
+		lim:         newConnLimits(&cfg),
 		janitorStop: make(chan struct{}),
 	}
 	s.timeouts = session.Timeouts{

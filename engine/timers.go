@@ -27,6 +27,13 @@ func (l *loop) fire(idx int32) {
 		out.Backlog = queued > 0
 		out.PingFlushed = ss.Sent-ss.PingMark >= uint32(queued)
 	}
+	if ss.State == session.Open && !ss.Has(session.FlagCloseSent) && l.idleFor(ss) {
+		l.metrics.limitsFired[limitIdle].inc()
+		l.debug("idle timeout: closing with 1000", ss)
+		setReason(ss, ReasonIdle)
+		l.sendClose(ss, frame.CloseNormal, "idle timeout")
+		return
+	}
 	switch l.srv.timeouts.Expire(l.wheel, idx, out) {
 	case session.Rescheduled:
 	case session.SendPing:

@@ -81,7 +81,7 @@ const (
 	CodeMissingData        = "MISSING_DATA"
 	CodeBrokerError        = "BROKER_ERROR"
 	CodeServerBusy         = "SERVER_BUSY"
-	CodeRateLimitExceeded  = "RATE_LIMIT_EXCEEDED" // reserved for the per-connection rate limit
+	CodeRateLimitExceeded  = "RATE_LIMIT_EXCEEDED" // past the connection's message rate: the message was not handled
 	closeCodeTokenExpired  = frame.CloseCode(4001)
 	closeReasonTokenExpire = "token expired"
 )
@@ -167,6 +167,17 @@ func (h *Handler) OnClose(c engine.Conn, _ engine.CloseInfo) {
 // moved the expiry since).
 func (h *Handler) OnExpire(c engine.Conn) {
 	_ = c.Close(closeCodeTokenExpired, closeReasonTokenExpire)
+}
+
+// OnRateLimited answers a message that came past the connection's message
+// rate: RATE_LIMIT_EXCEEDED with its id (if it has one); it was not acted
+// on. The engine closes the connection with 1008 if the flood goes on.
+func (h *Handler) OnRateLimited(c engine.Conn, op frame.OpCode, data []byte) {
+	var in Inbound
+	if op == frame.OpText {
+		_ = in.decode(data) // for the id only
+	}
+	sendError(c, in.ID, CodeRateLimitExceeded, "message rate exceeded; slow down")
 }
 
 // OnMessage decodes one client message and acts on it.
@@ -481,3 +492,8 @@ func send(c engine.Conn, w *replyWriter, broadcast bool) error {
 	writers.Put(w)
 	return err
 }
+
+var (
+	_ engine.RateLimitHandler = (*Handler)(nil)
+	_ engine.ExpiryHandler    = (*Handler)(nil)
+)

@@ -122,6 +122,14 @@ type Session struct {
 	// Member is the session's position in its loop's list of open
 	// connections of its route, -1 when on none.
 	Member int32
+	// MsgTAT is the engine's clock for the connection's data messages, in
+	// 1/16 ms: the message-rate bucket's theoretical arrival time (GCRA),
+	// which also dates the last message for the idle timeout; while
+	// handshaking, the accept time (for the handshake latency).
+	MsgTAT uint32
+	// ByteTAT is the inbound byte-rate bucket's theoretical arrival time,
+	// in microseconds.
+	ByteTAT uint32
 	State  State
 	Loop   uint8 // index of the owning event loop
 	Missed uint8 // heartbeat pings sent and not yet answered

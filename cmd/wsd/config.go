@@ -133,6 +133,11 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.StringVar(&c.allowedOrigins, "allowed-origins", "", "comma-separated Origin allow-list: scheme://host[:port], scheme://*.domain, or *; empty: any origin (past it: 403)")
 	fs.BoolVar(&e.AllowSameOrigin, "allow-same-origin", true, "with --allowed-origins, also admit an Origin naming the request's own Host")
 	fs.BoolVar(&e.AllowNoOrigin, "allow-no-origin", true, "with --allowed-origins, also admit requests without an Origin header (clients that are not browsers)")
+	fs.Float64Var(&e.MessageRate, "max-messages-per-sec", 100, "data messages per second one connection may send (past its burst: RATE_LIMIT_EXCEEDED, then close 1008), up to 1000; 0 off")
+	fs.IntVar(&e.MessageBurst, "message-burst", 0, "burst of data messages one connection may send; 0 means twice --max-messages-per-sec")
+	fs.IntVar(&e.MaxRateStrikes, "rate-limit-strikes", d.MaxRateStrikes, "messages refused with RATE_LIMIT_EXCEEDED in a row (without slowing down) before the connection is closed with 1008")
+	fs.Int64Var(&e.MaxInboundBytesPerSec, "max-inbound-bytes-per-sec", 1<<20, "bytes per second one connection may send, in bursts up to the larger of a second's worth and --max-message-bytes (past it: close 1008); 0 off")
+	durationVar(fs, &e.IdleTimeout, "idle-timeout", 0, "close (1000) a connection that sent no data message for this long; pings do not count; 0 off")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve /debug/pprof/ on the admin listener")
 	fs.BoolVar(&c.printConfig, "print-config", false, "print the effective configuration as TOML (secrets masked) and exit")
 	return fs
@@ -333,6 +338,11 @@ func parseConfig(args []string, stdout io.Writer) (*config, error) {
 		{"ban-window", e.BanWindow > 0},
 		{"ban-duration", e.BanDuration > 0},
 		{"max-tracked-ips", e.MaxTrackedIPs > 0},
+		{"max-messages-per-sec", e.MessageRate >= 0},
+		{"message-burst", e.MessageBurst >= 0},
+		{"rate-limit-strikes", e.MaxRateStrikes > 0},
+		{"max-inbound-bytes-per-sec", e.MaxInboundBytesPerSec >= 0},
+		{"idle-timeout", e.IdleTimeout >= 0},
 	} {
 		if !s.ok {
 			f := fs.Lookup(s.name)
@@ -464,6 +474,7 @@ func (c *config) settings(eff engine.Config) []slog.Attr {
 		"compression-min-bytes":  eff.CompressionMinBytes,
 		"max-conns":              eff.MaxConns,
 		"handshake-burst-per-ip": eff.HandshakeBurstPerIP,
+		"message-burst":          eff.MessageBurst,
 	}
 	var attrs []slog.Attr
 	c.flags.VisitAll(func(f *flag.Flag) {

@@ -110,7 +110,11 @@ func start(t *testing.T, args ...string) *server {
 // sets a resource limit, say): wrap(bin, args) returns the command to run.
 func startCmd(t *testing.T, wrap func(bin string, args []string) *exec.Cmd, args ...string) *server {
 	t.Helper()
-	args = append([]string{"--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "json"}, args...)
+	// The per-connection rate limits are off unless a test turns them back
+	// on (a later flag wins): the other attacks flood on purpose, to reach
+	// the bound each tests, and a rate limit would end them first.
+	args = append([]string{"--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "json",
+		"--max-messages-per-sec", "0", "--max-inbound-bytes-per-sec", "0"}, args...)
 	cmd := exec.Command(bin, args...)
 	if wrap != nil {
 		cmd = wrap(bin, args)
