@@ -106,6 +106,8 @@ func (b *Frame) recycle() {
 // nil) is the calling loop, which delivers at once, after what was already
 // posted to it, in order with the writes its current callback has made.
 func (s *Server) broadcast(from *loop, routeIdx int, op frame.OpCode, payload []byte) error {
+	s.inflight.Add(1)
+	defer s.inflight.Add(-1)
 	if s.draining.Load() {
 		return ErrServerClosed
 	}

@@ -153,6 +153,7 @@ func (l *loop) goneAddr(idx int32) net.Addr {
 // gets a retry hint picked at random (see admission.drainReason), so that
 // clients that honour it come back spread out rather than all at once.
 func (l *loop) drain() {
+	l.drainInbox() // what was fanned out before the drain goes out before the 1001
 	l.slab.Each(func(_ int32, ss *session.Session) bool {
 		switch ss.State {
 		case session.Handshaking:

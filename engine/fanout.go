@@ -32,6 +32,8 @@ type Fanout interface {
 // ErrServerClosed after Shutdown began. A frame fanned out before a
 // connection's handshake completes on its loop is never delivered to it.
 func (s *Server) Fanout(to Fanout, key string, seq uint64, op frame.OpCode, payload []byte) error {
+	s.inflight.Add(1)
+	defer s.inflight.Add(-1)
 	if s.draining.Load() {
 		return ErrServerClosed
 	}

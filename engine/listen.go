@@ -67,7 +67,7 @@ func (s *Server) acceptLoop(ln net.Listener, wg *sync.WaitGroup) {
 			_ = c.Close()
 			continue
 		}
-		if err := s.accepted(tc); err != nil && !s.draining.Load() {
+		if err := s.accepted(tc); err != nil && !s.closing.Load() {
 			// gnet dups the descriptor: at the limit that fails as accept
 			// does, and is waited out the same way.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)

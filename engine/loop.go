@@ -85,7 +85,7 @@ func newLoop(s *Server, idx uint8, el gnet.EventLoop) *loop {
 	c := &s.cfg
 	slots := max(c.ticks(c.PingInterval), c.ticks(c.HandshakeTimeout), c.ticks(c.CloseTimeout)) + 2
 	l.wheel = session.NewWheel(l.slab, int(slots), s.now())
-	l.hs = newHandshaker(s.routes, c.Compression, c.MaxHandshakeBytes, s.draining.Load)
+	l.hs = newHandshaker(s.routes, c.Compression, c.MaxHandshakeBytes, s.closing.Load)
 	l.hs.wantOrigin = s.admit.checkOrigin
 	if c.Compression {
 		l.deflater = frame.NewDeflater(c.CompressionLevel)

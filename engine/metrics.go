@@ -217,7 +217,7 @@ func (s *Server) WriteMetrics(w io.Writer) {
 	}
 	p.one("wsd_session_slots", "gauge", "Session slots allocated (live or free).", slots)
 	var draining int64
-	if s.draining.Load() {
+	if s.closing.Load() {
 		draining = 1
 	}
 	p.one("wsd_draining", "gauge", "1 while the server is shutting down.", draining)

@@ -53,7 +53,14 @@ type Server struct {
 	loops   [maxLoops]atomic.Pointer[loop]
 	nloops  atomic.Int32
 
+	// Shutdown sets closing (no new connections, no new Hold), waits for
+	// inflight to reach zero, then sets draining (no more fan-outs) and
+	// sends the 1001s. inflight counts Holds and the Broadcast and Fanout
+	// calls under way: what was accepted before the drain is in the loops'
+	// inboxes before the 1001, and delivered before it.
+	closing  atomic.Bool
 	draining atomic.Bool
+	inflight atomic.Int64
 
 	refusedBacklog atomic.Uint64 // broadcasts refused with ErrBacklog
 
@@ -167,11 +174,34 @@ func (s *Server) janitor() {
 // Addr returns the address the server listens on (after Start).
 func (s *Server) Addr() net.Addr { return s.addr }
 
+// Hold keeps a drain from starting while the caller accepts something it
+// will fan out (a publication: Hold, store it, Fanout, Release), so that
+// what it accepted reaches the connections before their 1001. It returns
+// false, and holds nothing, once Shutdown has begun: the caller refuses.
+// Every true is matched by one Release, soon (Shutdown waits for it).
+func (s *Server) Hold() bool {
+	s.inflight.Add(1)
+	if s.closing.Load() {
+		s.inflight.Add(-1)
+		return false
+	}
+	return true
+}
+
+// Release ends a Hold.
+func (s *Server) Release() { s.inflight.Add(-1) }
+
+func (s *Server) waitInflight() {
+	for s.inflight.Load() > 0 {
+		time.Sleep(50 * time.Microsecond)
+	}
+}
+
 // Ready reports whether the server takes new connections, and if not why:
 // it is draining, or at MaxConns.
 func (s *Server) Ready() (bool, string) {
 	switch {
-	case s.draining.Load():
+	case s.closing.Load():
 		return false, "draining"
 	case s.admit.conns.Load() >= s.admit.maxConns:
 		return false, "at --max-conns"
@@ -180,7 +210,7 @@ func (s *Server) Ready() (bool, string) {
 }
 
 // Draining reports whether Shutdown has begun.
-func (s *Server) Draining() bool { return s.draining.Load() }
+func (s *Server) Draining() bool { return s.closing.Load() }
 
 // Shutdown closes the listener at once (new TCP connections are refused
 // by the kernel from then on), sends every open connection a close frame
@@ -192,9 +222,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if !s.running.Load() {
 		return nil
 	}
-	if s.draining.CompareAndSwap(false, true) {
+	if s.closing.CompareAndSwap(false, true) {
 		_ = s.ln.Close()
 		s.acceptWG.Wait() // a connection being handed over lands before the loops drain
+		s.waitInflight()
+		s.draining.Store(true)
+		s.waitInflight() // fan-outs that began between the two
 		for _, l := range s.loopList() {
 			_ = l.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
 				l.enter()
@@ -284,7 +317,7 @@ func (s *Server) OnShutdown(gnet.Engine) {}
 // OnOpen registers a new TCP connection as a handshaking session.
 func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	l := s.loopOf(c.EventLoop())
-	if s.draining.Load() {
+	if s.closing.Load() {
 		s.releaseAdmission(c.RemoteAddr(), false)
 		l.metrics.accepted.inc()
 		l.metrics.handshakeFailures[failDraining].inc()

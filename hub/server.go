@@ -8,6 +8,7 @@ import (
 
 	"github.com/wsdproject/wsd/auth"
 	"github.com/wsdproject/wsd/broker"
+	"github.com/wsdproject/wsd/engine"
 	"github.com/wsdproject/wsd/frame"
 )
 
@@ -29,6 +30,12 @@ func (h *Hub) Publish(ch string, data []byte) (broker.Position, error) {
 		h.stats.Refused.Add(1)
 		return broker.Position{}, ErrBusy
 	}
+	// Accepted means delivered to the connections open now, also when a
+	// drain begins meanwhile: the drain waits for this.
+	if !h.srv.Hold() {
+		return broker.Position{}, engine.ErrServerClosed
+	}
+	defer h.srv.Release()
 	return h.b.Publish(ch, data, h.opts.Channel(ch).ChannelOptions)
 }
 

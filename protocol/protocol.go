@@ -396,6 +396,8 @@ func ErrorCode(err error) (code, message string) {
 		return CodeNotAvailable, err.Error()
 	case errors.Is(err, engine.ErrBacklog), errors.Is(err, hub.ErrBusy):
 		return CodeServerBusy, "the server is behind on delivering; retry later"
+	case errors.Is(err, engine.ErrServerClosed):
+		return CodeServerBusy, "the server is shutting down; retry on another node"
 	case errors.Is(err, broker.ErrTooManyChannels), errors.Is(err, hub.ErrTooManyChannels):
 		return CodeTooManyChannels, "the server keeps too many channels; retry later"
 	}
