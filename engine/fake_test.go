@@ -57,6 +57,7 @@ func (c *fakeConn) Discard(n int) (int, error) {
 func (c *fakeConn) InboundBuffered() int  { return len(c.in) - c.off }
 func (c *fakeConn) OutboundBuffered() int { return c.queued }
 func (c *fakeConn) RemoteAddr() net.Addr  { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 9), Port: 9} }
+func (c *fakeConn) LocalAddr() net.Addr   { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8080} }
 func (c *fakeConn) Context() any          { return c.ctx }
 func (c *fakeConn) SetContext(v any)      { c.ctx = v }
 func (c *fakeConn) Fd() int               { return -1 }

@@ -313,14 +313,19 @@ func (l *loop) handshake(c gnet.Conn, ss *session.Session) gnet.Action {
 	a := l.srv.admit
 	if ss.Has(session.FlagProxied) {
 		if a.proxy && !ss.Has(session.FlagClientAddr) {
-			if buf, err = l.proxyHeader(c, ss, buf, limit); err != nil || buf == nil {
-				if err != nil {
-					return l.refuse(c, ss, admitBadProxy)
-				}
-				return gnet.None
+			if buf, err = l.proxyHeader(c, ss, buf, limit); err != nil {
+				return l.refuse(c, ss, admitBadProxy)
 			}
-			if v := l.admitClient(ss, l.clientAddr(ss, c)); v != admitOK {
-				return l.refuse(c, ss, v)
+			// The per-address rules apply as soon as the header is in,
+			// whether the request came with it or comes later (this branch
+			// is not taken again).
+			if ss.Has(session.FlagClientAddr) {
+				if v := l.admitClient(ss, l.clientAddr(ss, c)); v != admitOK {
+					return l.refuse(c, ss, v)
+				}
+			}
+			if buf == nil {
+				return gnet.None
 			}
 			n = c.InboundBuffered()
 		}
@@ -350,6 +355,9 @@ func (l *loop) handshake(c gnet.Conn, ss *session.Session) gnet.Action {
 	if l.hs.wantXFF {
 		if addr, ok := a.forwardedFor(l.hs.xff); ok {
 			l.setClientAddr(ss, addr)
+		} else {
+			l.srv.logLimited.warn(l.log, "a trusted proxy sent no usable X-Forwarded-For: the connection counts under the proxy's address",
+				"conn", l.connID(ss), "proxy", addrOf(c.RemoteAddr()))
 		}
 		if v := l.admitClient(ss, l.clientAddr(ss, c)); v != admitOK {
 			return l.refuse(c, ss, v)

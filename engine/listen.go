@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -8,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
 )
 
@@ -123,4 +125,28 @@ func refuseAtAccept(c *net.TCPConn, resp []byte) {
 		})
 	}
 	_ = c.Close()
+}
+
+// compactAddrs trims what a connection's two addresses keep alive. Go's
+// accept builds each *net.TCPAddr with an IP slice that points into the
+// sockaddr it decoded, so each address pins that sockaddr too, for as long
+// as gnet keeps the address (the connection's life): about 80 bytes a
+// connection. The local address gets the loop's shared copy of its IP
+// (every connection of a listener has one of very few), the remote one a
+// copy of just its bytes. Run on the connection's loop in OnOpen, before
+// anything else reads them.
+func (l *loop) compactAddrs(c gnet.Conn) {
+	if la, ok := c.LocalAddr().(*net.TCPAddr); ok {
+		if !bytes.Equal(la.IP, l.localIP) {
+			l.localIP = append(net.IP(nil), la.IP...)
+		}
+		la.IP = l.localIP
+	}
+	if ra, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		if ip4 := ra.IP.To4(); ip4 != nil {
+			ra.IP = append(make(net.IP, 0, net.IPv4len), ip4...)
+		} else {
+			ra.IP = append(make(net.IP, 0, net.IPv6len), ra.IP...)
+		}
+	}
 }

@@ -54,6 +54,9 @@ type Options struct {
 	// random one.
 	NodeID string
 	Logger *slog.Logger
+	// PublishLatency, if set, is told how long each accepted publication
+	// took in the broker (its offset, history and hand-off to the loops).
+	PublishLatency func(time.Duration)
 }
 
 // Hub keeps channels for an engine.Server. Its methods are safe for

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/wsdproject/wsd/auth"
 	"github.com/wsdproject/wsd/broker"
@@ -36,7 +37,15 @@ func (h *Hub) Publish(ch string, data []byte) (broker.Position, error) {
 		return broker.Position{}, engine.ErrServerClosed
 	}
 	defer h.srv.Release()
-	return h.b.Publish(ch, data, h.opts.Channel(ch).ChannelOptions)
+	if h.opts.PublishLatency == nil {
+		return h.b.Publish(ch, data, h.opts.Channel(ch).ChannelOptions)
+	}
+	start := time.Now()
+	pos, err := h.b.Publish(ch, data, h.opts.Channel(ch).ChannelOptions)
+	if err == nil {
+		h.opts.PublishLatency(time.Since(start))
+	}
+	return pos, err
 }
 
 // onLoops runs fn on every event loop, with that loop's index, and waits

@@ -93,6 +93,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 		MaxChannels:      cfg.maxChannels,
 		NodeID:           cfg.nodeID,
 		Logger:           log,
+		PublishLatency:   brokerLatency(),
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "wsd: %v\n", err)
@@ -199,6 +200,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 	}
 	log.Info("stopped")
 	return code
+}
+
+// brokerLatency records how long the broker takes to accept a publication
+// (wsd_broker_publish_seconds, with the engine's latency buckets).
+func brokerLatency() func(time.Duration) {
+	h := metrics.GetOrCreatePrometheusHistogramExt("wsd_broker_publish_seconds",
+		[]float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1})
+	return func(d time.Duration) { h.Update(d.Seconds()) }
 }
 
 // newLogger returns the logger for --log-format and --log-level.

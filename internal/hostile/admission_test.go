@@ -28,6 +28,13 @@ func rejected(reason string) string {
 // connection stays open (an upgrade holds its place) until the test ends.
 func rawFrom(t *testing.T, src, addr, request string) *wstest.HTTPResponse {
 	t.Helper()
+	return rawParts(t, src, addr, request)
+}
+
+// rawParts is rawFrom with the request written in parts, 50 ms apart
+// (each part most likely its own read on the server).
+func rawParts(t *testing.T, src, addr string, parts ...string) *wstest.HTTPResponse {
+	t.Helper()
 	d := net.Dialer{Timeout: wstest.Timeout, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
 	conn, err := d.Dial("tcp", addr)
 	if err != nil {
@@ -35,8 +42,13 @@ func rawFrom(t *testing.T, src, addr, request string) *wstest.HTTPResponse {
 	}
 	t.Cleanup(func() { conn.Close() })
 	conn.SetDeadline(time.Now().Add(wstest.Timeout))
-	if _, err := io.WriteString(conn, request); err != nil {
-		t.Fatal(err)
+	for i, p := range parts {
+		if i > 0 {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if _, err := io.WriteString(conn, p); err != nil && i == 0 {
+			t.Fatal(err)
+		}
 	}
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
@@ -257,6 +269,13 @@ func TestProxyProtocol(t *testing.T) {
 	expectStatus(t, rawFrom(t, "127.0.0.98", s.ws, v1+wstest.UpgradeRequest("/ws")), http.StatusSwitchingProtocols, "v1 from the proxy")
 	s.log.find(t, `"msg":"connection opened"`, `"client":"192.0.2.1"`)
 	expectStatus(t, rawFrom(t, "127.0.0.98", s.ws, v1+wstest.UpgradeRequest("/ws")), http.StatusTooManyRequests, "same client past its cap")
+	// HAProxy often sends its header in a segment of its own: the rules
+	// apply all the same (they were once skipped when the request came in
+	// a later read).
+	expectStatus(t, rawParts(t, "127.0.0.98", s.ws, v1, wstest.UpgradeRequest("/ws")), http.StatusTooManyRequests, "header, then the request")
+	expectStatus(t, rawParts(t, "127.0.0.98", s.ws, "PROXY TCP4 192.0.2.", "7 192.0.2.2 40000 443\r\n", wstest.UpgradeRequest("/ws")),
+		http.StatusSwitchingProtocols, "a header in two parts")
+	s.log.find(t, `"msg":"connection opened"`, `"client":"192.0.2.7"`)
 
 	h := proxyproto.HeaderProxyFromAddrs(2, &net.TCPAddr{IP: net.ParseIP("2001:db8::1"), Port: 5000}, &net.TCPAddr{IP: net.ParseIP("2001:db8::2"), Port: 443})
 	v2, err := h.Format()

@@ -199,4 +199,3 @@ func TestHelperClient(t *testing.T) {
 		}
 	}
 }
-
