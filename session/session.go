@@ -130,9 +130,9 @@ type Session struct {
 	// ByteTAT is the inbound byte-rate bucket's theoretical arrival time,
 	// in microseconds.
 	ByteTAT uint32
-	State  State
-	Loop   uint8 // index of the owning event loop
-	Missed uint8 // heartbeat pings sent and not yet answered
+	State   State
+	Loop    uint8 // index of the owning event loop
+	Missed  uint8 // heartbeat pings sent and not yet answered
 	// Reason is why the connection is closing (the engine's close reason
 	// enum; 0 until decided).
 	Reason    uint8
