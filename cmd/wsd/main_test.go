@@ -639,3 +639,63 @@ func jsonField(line, key string) string {
 	rest := line[i+len(key)+4:]
 	return rest[:strings.IndexByte(rest, '"')]
 }
+
+// TestPrintConfig: --print-config prints every setting as wsd would use it,
+// as a TOML file that --config reads back to the same settings, with
+// secrets left out.
+func TestPrintConfig(t *testing.T) {
+	print := func(args ...string) string {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		if code := run(context.Background(), append(args, "--print-config"), &out, &errOut, nil); code != 0 {
+			t.Fatalf("exit %d: %s", code, errOut.String())
+		}
+		return out.String()
+	}
+	first := print("--api-key", "hunter2", "--trusted-proxies", "10.0.0.0/8, 192.0.2.1", "--max-messages-per-sec", "50",
+		"--allowed-origins", "https://*.example.com", "--namespace", "room:presence")
+	for _, want := range []string{
+		"max-messages-per-sec = 50\n", "message-burst = 100\n", // the effective burst, not the 0 that means "default"
+		`trusted-proxies = "10.0.0.0/8,192.0.2.1/32"` + "\n", `ping-interval = "30s"` + "\n",
+		"# api-key = (set; masked)\n",
+	} {
+		if !strings.Contains(first, want) {
+			t.Errorf("--print-config lacks %q:\n%s", want, first)
+		}
+	}
+	if strings.Contains(first, "hunter2") {
+		t.Fatal("--print-config shows the API key")
+	}
+	if !regexp.MustCompile(`(?m)^max-conns = [1-9][0-9]*$`).MatchString(first) {
+		t.Errorf("max-conns not resolved from the open-file limit:\n%s", first)
+	}
+	file := filepath.Join(t.TempDir(), "wsd.toml")
+	if err := os.WriteFile(file, []byte(first), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if again := print("--config", file, "--api-key", "hunter2"); again != first {
+		t.Fatalf("read back, the settings differ:\n%s\nthen:\n%s", first, again)
+	}
+}
+
+// TestPprof: /debug/pprof/ is on the admin listener with --pprof only.
+func TestPprof(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want int
+	}{
+		{[]string{"--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"}, http.StatusNotFound},
+		{[]string{"--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--pprof"}, http.StatusOK},
+	} {
+		_, admin, stop, _ := startRun(t, c.args...)
+		resp, err := http.Get("http://" + admin + "/debug/pprof/goroutine?debug=1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != c.want {
+			t.Errorf("%v: /debug/pprof/goroutine %d, want %d", c.args, resp.StatusCode, c.want)
+		}
+		stop()
+	}
+}
