@@ -101,7 +101,7 @@ func (l *loop) takeMessage(ss *session.Session, op frame.OpCode, payload []byte)
 	}
 	if uint32(ahead) > lim.msgTolerance+lim.msgDebt {
 		l.metrics.limitsFired[limitMessageRateClose].inc()
-		l.debug("message flood: closing with 1008", ss)
+		l.srv.logLimited.warn(l.log, "message flood: closing with 1008", "conn", l.connID(ss), "client", l.clientAddr(ss, ss.Conn))
 		l.strike(ss)
 		l.policyClose(ss, ReasonRateLimit, "message rate exceeded")
 		return false
@@ -128,7 +128,7 @@ func (l *loop) chargeBytes(ss *session.Session, n uint64) {
 	cost := float64(n) * lim.usPerByte
 	if float64(ahead)+cost > float64(lim.byteTolerance) {
 		l.metrics.limitsFired[limitInboundBytes].inc()
-		l.debug("inbound byte flood: closing with 1008", ss, "bytes", n)
+		l.srv.logLimited.warn(l.log, "inbound byte flood: closing with 1008", "conn", l.connID(ss), "client", l.clientAddr(ss, ss.Conn), "bytes", n)
 		l.strike(ss)
 		l.policyClose(ss, ReasonRateLimit, "inbound byte rate exceeded")
 		return
