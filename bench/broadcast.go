@@ -171,13 +171,30 @@ func newPublisher(o BroadcastOptions) *publisher {
 func (p *publisher) publish(ctx context.Context, seq int) (sent int64, took time.Duration, err error) {
 	now := time.Now()
 	sent = now.UnixNano()
-	body := append([]byte(`{"channel":`), p.channel...)
+	_, err = p.post(ctx, p.channel, publicationData(seq, sent, p.size))
+	return sent, time.Since(now), err
+}
+
+// PublishError is a publish the server answered with another status
+// than 200.
+type PublishError struct {
+	Status int    // HTTP status
+	Line   string // "503 Service Unavailable: " and the start of the answer
+}
+
+func (e *PublishError) Error() string { return "publish: " + e.Line }
+
+// post publishes data (JSON) to channel (a JSON string) through the
+// server's HTTP API and returns its answer; a status other than 200 is a
+// *PublishError.
+func (p *publisher) post(ctx context.Context, channel, data []byte) ([]byte, error) {
+	body := append([]byte(`{"channel":`), channel...)
 	body = append(body, `,"data":`...)
-	body = append(body, publicationData(seq, sent, p.size)...)
+	body = append(body, data...)
 	body = append(body, '}')
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.api, bytes.NewReader(body))
 	if err != nil {
-		return sent, 0, err
+		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	switch p.target {
@@ -188,19 +205,18 @@ func (p *publisher) publish(ctx context.Context, seq int) (sent int64, took time
 	}
 	resp, err := p.client.Do(req)
 	if err != nil {
-		return sent, time.Since(now), err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	reply, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	took = time.Since(now)
 	if resp.StatusCode != http.StatusOK {
-		return sent, took, fmt.Errorf("publish: %s: %s", resp.Status, truncate(bytes.TrimSpace(reply), 200))
+		return reply, &PublishError{Status: resp.StatusCode, Line: resp.Status + ": " + truncate(bytes.TrimSpace(reply), 200)}
 	}
 	// Centrifugo answers API errors with 200 and {"error":…}.
 	if p.target == TargetCentrifugo && bytes.Contains(reply, []byte(`"error"`)) {
-		return sent, took, fmt.Errorf("publish: %s", truncate(bytes.TrimSpace(reply), 200))
+		return reply, fmt.Errorf("publish: %s", truncate(bytes.TrimSpace(reply), 200))
 	}
-	return sent, took, nil
+	return reply, nil
 }
 
 // bcastClient is the coordinator's handle on one client process.

@@ -86,8 +86,9 @@ type ConnectRound struct {
 // RefusedError is a handshake the server answered with another status
 // than 101.
 type RefusedError struct {
-	Status int
-	Line   string // the status line
+	Status     int
+	Line       string        // the status line
+	RetryAfter time.Duration // its Retry-After header in seconds (0: none)
 }
 
 func (e *RefusedError) Error() string { return "handshake refused: " + e.Line }
@@ -191,9 +192,24 @@ func upgradeStatus(conn net.Conn, req []byte) error {
 		return fmt.Errorf("not an HTTP response: %q", line)
 	}
 	if status != 101 {
-		return &RefusedError{Status: status, Line: string(line)}
+		return &RefusedError{Status: status, Line: string(line), RetryAfter: retryAfter(head)}
 	}
 	return nil
+}
+
+// retryAfter returns a response head's Retry-After in seconds (the form
+// wsd sends; 0: absent or an HTTP date).
+func retryAfter(head []byte) time.Duration {
+	for line := range strings.Lines(string(head)) {
+		name, val, ok := strings.Cut(line, ":")
+		if !ok || !strings.EqualFold(strings.TrimSpace(name), "Retry-After") {
+			continue
+		}
+		if n, err := strconv.Atoi(strings.TrimSpace(val)); err == nil && n > 0 {
+			return time.Duration(n) * time.Second
+		}
+	}
+	return 0
 }
 
 // RunConnect runs the handshake measurement against a running server.

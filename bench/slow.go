@@ -327,6 +327,7 @@ type slowReply struct {
 const (
 	slowCodeBusy      = "SERVER_BUSY"
 	slowCodeForbidden = "FORBIDDEN"
+	slowCodeRate      = "RATE_LIMIT_EXCEEDED"
 )
 
 // slowRefusal is the error for an error answer to a subscribe or a
@@ -338,6 +339,8 @@ func slowRefusal(what, channel string, r slowReply) error {
 		return fmt.Errorf("%w; start wsd with --allow-client-publish (the broadcaster publishes as an anonymous client)", err)
 	case r.Code == slowCodeForbidden:
 		return fmt.Errorf("%w (the run's clients are anonymous: the channel must be a public one)", err)
+	case r.Code == slowCodeRate:
+		return fmt.Errorf("%w; start wsd with --max-messages-per-sec 0 --max-inbound-bytes-per-sec 0 (the broadcaster publishes from one connection)", err)
 	}
 	return err
 }

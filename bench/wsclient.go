@@ -49,20 +49,38 @@ type wsClient struct {
 	br   *bufio.Reader
 	msg  []byte // the message being assembled; reused
 
-	wmu  sync.Mutex
-	wbuf []byte
+	wmu       sync.Mutex
+	wbuf      []byte
+	closeSent bool // a close frame has gone out: nothing more may (guarded by wmu)
 
 	closeCode frame.CloseCode // the server's close code, once it sent one
 }
 
 func newWSClient(conn *net.TCPConn) *wsClient {
-	return &wsClient{conn: conn, br: bufio.NewReaderSize(conn, 64<<10)}
+	return newWSClientSize(conn, 64<<10)
 }
 
-// write sends one masked frame.
+// newWSClientSize is newWSClient with a read buffer of size bytes: a run
+// of many clients that read small messages gives each a small one.
+func newWSClientSize(conn *net.TCPConn, size int) *wsClient {
+	return &wsClient{conn: conn, br: bufio.NewReaderSize(conn, size)}
+}
+
+// errCloseSent is write's answer once a close frame has been sent: a
+// client sends nothing after its close (RFC 6455 5.5.1), not even the
+// answer to the server's close when it began the closing handshake itself.
+var errCloseSent = errors.New("close frame already sent")
+
+// write sends one masked frame; nothing after a close frame.
 func (c *wsClient) write(op frame.OpCode, payload []byte, timeout time.Duration) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if c.closeSent {
+		return errCloseSent
+	}
+	if op == frame.OpClose {
+		c.closeSent = true
+	}
 	c.wbuf = frame.AppendMaskedFrame(c.wbuf[:0], true, op, 0, clientMask, payload)
 	if timeout > 0 {
 		c.conn.SetWriteDeadline(time.Now().Add(timeout))

@@ -54,6 +54,11 @@ type admission struct {
 
 	pace     gcra // the global handshake pace (nil-rate: off)
 	retryMax int  // seconds
+	// retryAt is the next free retry slot of paced refusals (monoNow ns):
+	// each refused client is told to come back at a slot of its own, one
+	// pace interval after the last, so that the retries of a storm return
+	// at the pace instead of all together or spread over RetryAfterMax.
+	retryAt atomic.Int64
 
 	ips     *ipTable // nil when no per-address rule is on
 	trusted []netip.Prefix
@@ -126,7 +131,7 @@ func (a *admission) response(v admitVerdict) []byte {
 	case admitServerFull:
 		return a.respFull[rand.IntN(len(a.respFull))]
 	case admitPaced:
-		return a.respPaced[rand.IntN(len(a.respPaced))]
+		return a.respPaced[a.pacedRetry(monoNow())-1]
 	case admitIPConns:
 		return a.respIPConns
 	case admitIPRate:
@@ -143,6 +148,24 @@ func (a *admission) response(v admitVerdict) []byte {
 		return a.respTable
 	}
 	return respBadRequest
+}
+
+// pacedRetry gives a paced refusal its Retry-After, in seconds: the next
+// free slot of the pace from a second ahead on, or, when the slots are
+// taken as far as RetryAfterMax, a random 1..RetryAfterMax.
+func (a *admission) pacedRetry(now int64) int {
+	limit := int64(a.retryMax) * int64(time.Second)
+	for {
+		old := a.retryAt.Load()
+		slot := max(old, now+int64(time.Second))
+		ahead := slot - now
+		if ahead > limit {
+			return 1 + rand.IntN(a.retryMax)
+		}
+		if a.retryAt.CompareAndSwap(old, slot+a.pace.interval) {
+			return int(min((ahead+int64(time.Second)-1)/int64(time.Second), int64(a.retryMax)))
+		}
+	}
 }
 
 // drainReason is the reason of a drain's 1001: "server shutting down;

@@ -72,8 +72,11 @@ type Config struct {
 	// MaxHandshakesPerSec paces new connections for the whole server (a
 	// token bucket holding one second's worth), so that a reconnect storm
 	// cannot starve the connections already open. Past it a connection is
-	// answered 503 with a Retry-After picked from 1 to RetryAfterMax
-	// seconds, so refused clients come back spread out. 0: no pacing.
+	// answered 503 with a Retry-After that gives each refused client a
+	// slot of its own at the pace (1 s ahead, then one interval after the
+	// last given), so their retries come back at the pace; once the slots
+	// are taken as far as RetryAfterMax, a random 1..RetryAfterMax. 0: no
+	// pacing.
 	MaxHandshakesPerSec float64
 	// RetryAfterMax is the largest retry hint wsd gives: the Retry-After of
 	// a paced or full refusal, and the retry-after in the 1001 reason of a

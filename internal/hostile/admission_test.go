@@ -187,6 +187,11 @@ func TestHandshakeFlood(t *testing.T) {
 		if r.Status == http.StatusServiceUnavailable {
 			paced++
 			seen[r.Header.Get("Retry-After")] = true
+			// Refused clients get slots at the pace from a second ahead on:
+			// the first comes back in 1 s.
+			if paced == 1 && r.Header.Get("Retry-After") != "1" {
+				t.Fatalf("first paced refusal: Retry-After %q, want 1", r.Header.Get("Retry-After"))
+			}
 		}
 	}
 	if paced < 30 {

@@ -32,7 +32,24 @@
 //
 //	wsbench tokens -key private.pem [-n 10000] [-alg RS256] [-exp 1h] > tokens.txt
 //
-// signs N tokens (sub user0 … user<N-1>), one a line. See bench/README.md.
+// signs N tokens (sub user0 … user<N-1>), one a line.
+//
+//	wsbench soak -api-key KEY [-n 10000] [-duration 10m] [-churn 1%/s] [-msg-rate 100] [-broadcast-rate 10]
+//
+// keeps N clients connected to a running wsd for a while, with churn,
+// subscriptions, client messages and API publications, printing the
+// server's RSS, heap, goroutines and fds every -interval; then closes
+// every client, waits for the server to settle, and says whether it came
+// back to its baseline (the exit status too).
+//
+//	wsbench storm [-n 20000] [-resident 1000] [-jitter 0] [-echo-interval 100ms] [-admin URL,URL]
+//
+// connects N storm clients and a few resident ones, then drops every storm
+// client's connection at once and lets them all reconnect (honouring
+// Retry-After, backing off on errors), and prints how long until all were
+// back, the handshake latency, the refusals, the residents' echo latency
+// before and during the storm, and the server's CPU time over it. See
+// bench/README.md.
 package main
 
 import (
@@ -45,6 +62,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -62,7 +80,7 @@ func main() {
 		stop() // the first signal stops the run cleanly; a second one kills at once
 	}()
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: wsbench idle|slow|broadcast|connect|tokens [flags]   (wsbench idle -h, … for the flags)\n       wsbench broadcast-summary RESULT.json…")
+		fmt.Fprintln(os.Stderr, "usage: wsbench idle|slow|broadcast|connect|tokens|soak|storm [flags]   (wsbench idle -h, … for the flags)\n       wsbench broadcast-summary RESULT.json…")
 		os.Exit(2)
 	}
 	var err error
@@ -79,12 +97,18 @@ func main() {
 		err = connect(ctx, os.Args[2:])
 	case "tokens":
 		err = tokens(os.Args[2:])
+	case "soak":
+		err = soak(ctx, os.Args[2:])
+	case "storm":
+		err = storm(ctx, os.Args[2:])
+	case "storm-worker":
+		err = bench.RunStormWorkerArgs(os.Args[2:], os.Stdout, os.Stdin) // ends when the coordinator closes its stdin
 	case "idle-worker":
 		err = idleWorker(ctx, os.Args[2:])
 	case "broadcast-worker":
 		err = broadcastWorker(ctx, os.Args[2:])
 	default:
-		fmt.Fprintf(os.Stderr, "wsbench: unknown command %q (want idle, slow, broadcast, broadcast-summary, connect or tokens)\n", os.Args[1])
+		fmt.Fprintf(os.Stderr, "wsbench: unknown command %q (want idle, slow, broadcast, broadcast-summary, connect, tokens, soak or storm)\n", os.Args[1])
 		os.Exit(2)
 	}
 	if errors.Is(err, flag.ErrHelp) {
@@ -372,4 +396,131 @@ func tokens(args []string) error {
 	}
 	o.Now = time.Now()
 	return bench.GenerateTokens(os.Stdout, o)
+}
+
+func soak(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("wsbench soak", flag.ContinueOnError)
+	var o bench.SoakOptions
+	var source, churn, jsonOut string
+	var rssTol, heapTol float64
+	fs.StringVar(&o.URL, "url", "ws://127.0.0.1:8080/ws", "WebSocket URL of the running wsd's JSON protocol endpoint (127.0.0.0/8 only)")
+	fs.StringVar(&o.Admin, "admin", "http://127.0.0.1:9090", "admin URL of the running wsd: /metrics is read, /api/publish posted to (127.0.0.0/8 only)")
+	fs.StringVar(&o.APIKey, "api-key", "", "the HTTP API's key (wsd --api-key); needed unless -broadcast-rate 0")
+	fs.IntVar(&o.N, "n", 10000, "clients kept connected (this process holds them all: one file descriptor each)")
+	fs.IntVar(&o.Channels, "channels", 100, "channels; client k subscribes to <prefix>(k mod channels)")
+	fs.StringVar(&o.ChannelPrefix, "channel-prefix", bench.SoakChannelPrefix, "channel names are this and a number")
+	fs.StringVar(&churn, "churn", "1%/s", "share of the clients closed and reopened each second (1%/s, 0.01)")
+	fs.Float64Var(&o.Vanish, "vanish", 0.5, "of the churned clients, the share that just close TCP (the rest send a close frame and wait for the answer)")
+	fs.Float64Var(&o.MsgRate, "msg-rate", 100, "client messages per second, over all clients (each from a random client)")
+	fs.Float64Var(&o.PublishShare, "publish-share", 0.5, "of the client messages, the share that are publishes to the client's channel (needs wsd --allow-client-publish); the rest are echoes")
+	fs.Float64Var(&o.BroadcastRate, "broadcast-rate", 10, "publications per second through POST /api/publish, to the channels in turn (0: none)")
+	fs.IntVar(&o.Size, "size", 100, "bytes of each message's JSON data")
+	fs.DurationVar(&o.Duration, "duration", 10*time.Minute, "length of the traffic phase")
+	fs.DurationVar(&o.Interval, "interval", 10*time.Second, "a line every interval")
+	fs.DurationVar(&o.Drain, "drain", 10*time.Second, "after the traffic, wait at most this long for the answers and deliveries still on their way")
+	fs.DurationVar(&o.Settle, "settle", 3*time.Minute, "after closing every client, wait at most this long for the server to return to its baseline (a Go server gone idle collects garbage within 2 min)")
+	fs.DurationVar(&o.Timeout, "timeout", 0, "bound on the whole run (0: -duration + -settle + 10m)")
+	fs.IntVar(&o.Concurrency, "concurrency", 64, "dials in flight while opening the clients")
+	fs.StringVar(&source, "source", "127.0.0.2", "source address; every further 10,000 clients use the next address (127.0.0.0/8)")
+	fs.IntVar(&o.ServerPID, "server-pid", 0, "the server's process, whose RSS and fds are read from /proc (default: the process listening on -url's port; -1: from /metrics)")
+	fs.IntVar(&o.GoroutineTolerance, "goroutine-tolerance", 5, "final server goroutines may exceed the baseline by this many")
+	fs.IntVar(&o.FDTolerance, "fd-tolerance", 5, "final server open fds may exceed the baseline by this many")
+	fs.Float64Var(&rssTol, "rss-tolerance", 32, "MiB: final RSS may exceed the baseline (and the channels' history) by this, or by -rss-growth-share of the peak growth if more; judged only when no GC ran after the close")
+	fs.Float64Var(&o.RSSGrowthShare, "rss-growth-share", 0.1, "see -rss-tolerance")
+	fs.Float64Var(&heapTol, "heap-tolerance", 8, "MiB: final heap live (after a GC that ran once every client had closed) may exceed the baseline (and the channels' history) by this, or by -heap-per-conn × the peak connections if more")
+	fs.Float64Var(&o.HeapPerConn, "heap-per-conn", 1024, "bytes; see -heap-tolerance")
+	fs.Int64Var(&o.MaxErrors, "max-errors", 0, "the run fails with more errors than this")
+	fs.StringVar(&jsonOut, "json", "", "also write the result, with every sample, as JSON to this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	var err error
+	if o.Churn, err = bench.ParseChurn(churn); err != nil {
+		return err
+	}
+	if o.Source = net.ParseIP(source); o.Source == nil {
+		return fmt.Errorf("bad -source %q", source)
+	}
+	o.RSSTolerance, o.HeapTolerance = rssTol*(1<<20), heapTol*(1<<20)
+	o.Out = os.Stdout
+	o.Progress = os.Stderr
+	o.Terminal = isTerminal(os.Stderr)
+	r, err := bench.RunSoak(ctx, o)
+	if err != nil {
+		return err
+	}
+	r.Print(os.Stdout)
+	if err := writeJSON(jsonOut, r); err != nil {
+		return err
+	}
+	if !r.Verdict.Pass {
+		return fmt.Errorf("soak failed: %s", r.Verdict.FailedBecause)
+	}
+	return nil
+}
+
+func storm(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("wsbench storm", flag.ContinueOnError)
+	var o bench.StormOptions
+	var source, admins, pids, jsonOut string
+	fs.StringVar(&o.URL, "url", "ws://127.0.0.1:8080/ws", "WebSocket URL of the running wsd's JSON protocol endpoint (127.0.0.0/8 only)")
+	fs.StringVar(&admins, "admin", "", "comma-separated admin URLs (http://127.0.0.1:9090,…) whose /metrics are read before and after the storm (empty: none)")
+	fs.IntVar(&o.N, "n", 20000, "storm clients: they connect, then all drop their connection at once and reconnect")
+	fs.IntVar(&o.Resident, "resident", 1000, "resident clients: connected first, they send echoes for the whole run (in a client process of their own)")
+	fs.IntVar(&o.PerProcess, "per-process", 10000, "storm clients per client process (one file descriptor each; at most 19,000)")
+	fs.StringVar(&source, "source", "127.0.0.2", "first source address (127.0.0.0/8): the residents', then each storm process's (10,000 clients to an address, fresh addresses for the reconnects)")
+	fs.IntVar(&o.Concurrency, "concurrency", 64, "warm-up dials in flight per client process")
+	fs.Float64Var(&o.WarmupRate, "warmup-rate", 0, "warm-up opens per second over all client processes (0: as fast as -concurrency allows); keep it under the server's pace")
+	fs.IntVar(&o.Loops, "loops", 1, "event loops per storm client process (they hold the connections and answer pings)")
+	fs.DurationVar(&o.EchoInterval, "echo-interval", 100*time.Millisecond, "each resident sends an echo this often")
+	fs.DurationVar(&o.Baseline, "baseline", 5*time.Second, "the residents' echoes are measured this long before the storm")
+	fs.DurationVar(&o.After, "after", 2*time.Second, "and this long after every storm client is back")
+	fs.DurationVar(&o.Split, "split", 500*time.Millisecond, "also report the residents' echoes during the storm in two parts: up to this long after the trigger (the drops) and after it (0: not)")
+	fs.StringVar(&o.Trigger, "trigger", bench.TriggerClose, "how the connections drop: close (each storm client closes its own TCP connection)")
+	fs.DurationVar(&o.Jitter, "jitter", 0, "each storm client waits a random 0..jitter before its first reconnect attempt")
+	fs.DurationVar(&o.Timeout, "timeout", 2*time.Minute, "bound on the warm-up, and on the storm: clients not back by then give up")
+	fs.StringVar(&pids, "server-pids", "", "comma-separated server processes whose CPU time is read from /proc (default: every process listening on -url's port; -1: do not measure)")
+	fs.StringVar(&jsonOut, "json", "", "also write the result, with the curve, as JSON to this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if o.Source = net.ParseIP(source); o.Source == nil {
+		return fmt.Errorf("bad -source %q", source)
+	}
+	for a := range strings.SplitSeq(admins, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			o.Admins = append(o.Admins, a)
+		}
+	}
+	for p := range strings.SplitSeq(pids, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			v, err := strconv.Atoi(p)
+			if err != nil {
+				return fmt.Errorf("bad -server-pids %q", pids)
+			}
+			o.ServerPIDs = append(o.ServerPIDs, v)
+		}
+	}
+	o.Progress = os.Stderr
+	o.Terminal = isTerminal(os.Stderr)
+	r, err := bench.RunStorm(ctx, o)
+	if r != nil {
+		r.Print(os.Stdout)
+		if err := writeJSON(jsonOut, r); err != nil {
+			return err
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if !r.Complete {
+		return fmt.Errorf("%d of %d storm clients were not back when the storm ended (%s)", r.Clients-int(r.Back), r.Clients, r.StoppedBy)
+	}
+	return nil
 }
