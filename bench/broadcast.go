@@ -955,10 +955,21 @@ func hostCPUs() int {
 	return 0
 }
 
-// ListenerPID finds the process listening on a TCP port: the socket's
-// inode in /proc/net/tcp (or tcp6), then the process holding it among
-// /proc/*/fd.
+// ListenerPID finds the process listening on a TCP port (the lowest pid
+// when several share it).
 func ListenerPID(port int) (int, error) {
+	pids, err := ListenerPIDs(port)
+	if err != nil {
+		return 0, err
+	}
+	return pids[0], nil
+}
+
+// ListenerPIDs finds every process listening on a TCP port (with
+// SO_REUSEPORT there may be several), in increasing order: the sockets'
+// inodes in /proc/net/tcp (and tcp6), then the processes holding them
+// among /proc/*/fd.
+func ListenerPIDs(port int) ([]int, error) {
 	inodes := map[string]bool{}
 	for _, name := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
 		b, err := os.ReadFile(name)
@@ -970,12 +981,13 @@ func ListenerPID(port int) (int, error) {
 		}
 	}
 	if len(inodes) == 0 {
-		return 0, fmt.Errorf("nothing listens on port %d", port)
+		return nil, fmt.Errorf("nothing listens on port %d", port)
 	}
 	procs, err := os.ReadDir("/proc")
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
+	var pids []int
 	for _, p := range procs {
 		pid, err := strconv.Atoi(p.Name())
 		if err != nil {
@@ -991,11 +1003,16 @@ func ListenerPID(port int) (int, error) {
 				continue
 			}
 			if ino, ok := strings.CutPrefix(link, "socket:["); ok && inodes[strings.TrimSuffix(ino, "]")] {
-				return pid, nil
+				pids = append(pids, pid)
+				break
 			}
 		}
 	}
-	return 0, fmt.Errorf("no process of ours holds the socket listening on port %d", port)
+	if len(pids) == 0 {
+		return nil, fmt.Errorf("no process of ours holds a socket listening on port %d", port)
+	}
+	slices.Sort(pids)
+	return pids, nil
 }
 
 // listenInodes returns the inodes of the listening sockets on port in a

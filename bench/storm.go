@@ -16,7 +16,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -491,54 +490,6 @@ func stormServerPIDs(given []int, u *url.URL) ([]int, error) {
 			return nil, fmt.Errorf("reading server process %d's CPU time: %w", pid, err)
 		}
 	}
-	return pids, nil
-}
-
-// ListenerPIDs finds every process listening on a TCP port (with
-// SO_REUSEPORT there may be several), in increasing order.
-func ListenerPIDs(port int) ([]int, error) {
-	inodes := map[string]bool{}
-	for _, name := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
-		b, err := os.ReadFile(name)
-		if err != nil {
-			continue
-		}
-		for _, ino := range listenInodes(b, port) {
-			inodes[ino] = true
-		}
-	}
-	if len(inodes) == 0 {
-		return nil, fmt.Errorf("nothing listens on port %d", port)
-	}
-	procs, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil, err
-	}
-	var pids []int
-	for _, p := range procs {
-		pid, err := strconv.Atoi(p.Name())
-		if err != nil {
-			continue
-		}
-		fds, err := os.ReadDir(filepath.Join("/proc", p.Name(), "fd"))
-		if err != nil {
-			continue
-		}
-		for _, fd := range fds {
-			link, err := os.Readlink(filepath.Join("/proc", p.Name(), "fd", fd.Name()))
-			if err != nil {
-				continue
-			}
-			if ino, ok := strings.CutPrefix(link, "socket:["); ok && inodes[strings.TrimSuffix(ino, "]")] {
-				pids = append(pids, pid)
-				break
-			}
-		}
-	}
-	if len(pids) == 0 {
-		return nil, fmt.Errorf("no process of ours holds a socket listening on port %d", port)
-	}
-	slices.Sort(pids)
 	return pids, nil
 }
 

@@ -347,9 +347,9 @@ func (t *ipTable) shard(k clientKey) *ipShard {
 	return &t.shards[h%ipShards]
 }
 
-// admit checks a new connection from addr and, if it may come in, counts
-// it (undo with release).
-func (t *ipTable) admit(addr netip.Addr, now int64) admitVerdict {
+// update runs fn on addr's entry under its shard's lock, making the entry
+// if the table has room; it reports false (fn not run) when it has none.
+func (t *ipTable) update(addr netip.Addr, fn func(e *ipEntry)) bool {
 	k := keyOf(addr)
 	s := t.shard(k)
 	s.mu.Lock()
@@ -357,15 +357,24 @@ func (t *ipTable) admit(addr netip.Addr, now int64) admitVerdict {
 	e, ok := s.m[k]
 	if !ok {
 		if t.entries.Load() >= t.max {
-			return admitTableFull
+			return false
 		}
 		t.entries.Add(1)
 	}
-	v := t.check(&e, now)
-	if v == admitOK {
-		e.conns++
-	}
+	fn(&e)
 	s.m[k] = e
+	return true
+}
+
+// admit checks a new connection from addr and, if it may come in, counts
+// it (undo with release).
+func (t *ipTable) admit(addr netip.Addr, now int64) admitVerdict {
+	v := admitTableFull
+	t.update(addr, func(e *ipEntry) {
+		if v = t.check(e, now); v == admitOK {
+			e.conns++
+		}
+	})
 	return v
 }
 
@@ -410,19 +419,7 @@ func (t *ipTable) release(addr netip.Addr) {
 // strike records a violation by addr (a refusal or a connection closed
 // for a flood); enough of them within the window ban it.
 func (t *ipTable) strike(addr netip.Addr, now int64) {
-	k := keyOf(addr)
-	s := t.shard(k)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	e, ok := s.m[k]
-	if !ok {
-		if t.entries.Load() >= t.max {
-			return
-		}
-		t.entries.Add(1)
-	}
-	t.strikeLocked(&e, now)
-	s.m[k] = e
+	t.update(addr, func(e *ipEntry) { t.strikeLocked(e, now) })
 }
 
 func (t *ipTable) strikeLocked(e *ipEntry, now int64) {
