@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -50,6 +51,7 @@ func (s *Server) listen() (net.Listener, error) {
 func (s *Server) acceptLoop(ln net.Listener, wg *sync.WaitGroup) {
 	defer wg.Done()
 	var backoff time.Duration
+	ticket := new(enrollTicket)
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -69,7 +71,7 @@ func (s *Server) acceptLoop(ln net.Listener, wg *sync.WaitGroup) {
 			_ = c.Close()
 			continue
 		}
-		if err := s.accepted(tc); err != nil && !s.closing.Load() {
+		if err := s.accepted(tc, ticket); err != nil && !s.closing.Load() {
 			// gnet dups the descriptor: at the limit that fails as accept
 			// does, and is waited out the same way.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
@@ -82,9 +84,16 @@ func (s *Server) acceptLoop(ln net.Listener, wg *sync.WaitGroup) {
 	}
 }
 
+// enrollTicket goes with a connection handed to gnet (as its context until
+// OnOpen replaces it), so that the acceptor can tell whether OnOpen ran:
+// gnet's Enroll reports no error when the loop fails to register the
+// connection (epoll_ctl failing, ENOSPC past max_user_watches, say), it
+// closes it and OnOpen never runs. One per acceptor, reused.
+type enrollTicket struct{ opened atomic.Bool }
+
 // accepted admits or refuses one accepted connection; an error means it
 // was admitted but could not be handed to a loop (and is closed).
-func (s *Server) accepted(c *net.TCPConn) error {
+func (s *Server) accepted(c *net.TCPConn, ticket *enrollTicket) error {
 	peer := addrOf(c.RemoteAddr())
 	a := s.admit
 	v, tracked := a.atAccept(peer, monoNow())
@@ -96,12 +105,17 @@ func (s *Server) accepted(c *net.TCPConn) error {
 	}
 	// OnOpen works out again whether the connection was counted under its
 	// peer's address (the same rule as atAccept's): nothing travels along.
-	if _, err := s.cli.Enroll(c); err != nil {
+	ticket.opened.Store(false)
+	_, err := s.cli.EnrollContext(c, ticket)
+	if err == nil && !ticket.opened.Load() {
+		err = errors.New("the event loop did not register the connection")
+	}
+	if err != nil {
 		a.release()
 		if tracked {
 			a.ips.release(peer)
 		}
-		_ = c.Close()
+		_ = c.Close() // Enroll has closed it already when it got that far; harmless
 		return err
 	}
 	return nil

@@ -316,6 +316,10 @@ func (s *Server) OnShutdown(gnet.Engine) {}
 
 // OnOpen registers a new TCP connection as a handshaking session.
 func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
+	if t, ok := c.Context().(*enrollTicket); ok {
+		t.opened.Store(true)
+		c.SetContext(nil)
+	}
 	l := s.loopOf(c.EventLoop())
 	if s.closing.Load() {
 		s.releaseAdmission(c.RemoteAddr(), false)
