@@ -169,7 +169,7 @@ func (l *loop) open(c gnet.Conn) ([]byte, gnet.Action) {
 	h, ss := l.slab.Alloc()
 	if h.Index >= 1<<24 { // a connection id holds 24 bits of slot index
 		l.slab.Free(h.Index)
-		l.srv.releaseAdmission(c.RemoteAddr(), false)
+		l.srv.releaseAdmission(c.RemoteAddr())
 		l.metrics.handshakeFailures[failFull].inc()
 		l.metrics.bytesOut.add(uint64(len(respFull)))
 		return respFull, gnet.Close

@@ -191,8 +191,10 @@ func (s *Server) Hold() bool {
 // Release ends a Hold.
 func (s *Server) Release() { s.inflight.Add(-1) }
 
-func (s *Server) waitInflight() {
-	for s.inflight.Load() > 0 {
+// waitInflight waits until no Hold, Broadcast or Fanout is under way, or
+// ctx ends (a broker that hangs does not hang the drain past its deadline).
+func (s *Server) waitInflight(ctx context.Context) {
+	for s.inflight.Load() > 0 && ctx.Err() == nil {
 		time.Sleep(50 * time.Microsecond)
 	}
 }
@@ -225,9 +227,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if s.closing.CompareAndSwap(false, true) {
 		_ = s.ln.Close()
 		s.acceptWG.Wait() // a connection being handed over lands before the loops drain
-		s.waitInflight()
+		s.waitInflight(ctx)
 		s.draining.Store(true)
-		s.waitInflight() // fan-outs that began between the two
+		s.waitInflight(ctx) // fan-outs that began between the two
 		for _, l := range s.loopList() {
 			_ = l.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
 				l.enter()
@@ -322,7 +324,7 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	}
 	l := s.loopOf(c.EventLoop())
 	if s.closing.Load() {
-		s.releaseAdmission(c.RemoteAddr(), false)
+		s.releaseAdmission(c.RemoteAddr())
 		l.metrics.accepted.inc()
 		l.metrics.handshakeFailures[failDraining].inc()
 		l.metrics.bytesOut.add(uint64(len(respDraining)))
@@ -331,12 +333,12 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	return l.open(c)
 }
 
-// releaseAdmission returns an accepted connection's places under the
-// global and per-address caps (those atAccept took).
-func (s *Server) releaseAdmission(peer net.Addr, skipIP bool) {
+// releaseAdmission returns the places under the global and per-address
+// caps that atAccept took for a connection that gets no session.
+func (s *Server) releaseAdmission(peer net.Addr) {
 	a := s.admit
 	a.release()
-	if a.ips != nil && !skipIP {
+	if a.ips != nil {
 		if p := addrOf(peer); !a.trustedPeer(p) {
 			a.ips.release(p)
 		}
