@@ -404,22 +404,28 @@ func (l *loop) handshake(c gnet.Conn, ss *session.Session) gnet.Action {
 
 // reject answers a failed handshake with an HTTP error and closes.
 func (l *loop) reject(c gnet.Conn, ss *session.Session, reason failReason, resp []byte) gnet.Action {
+	l.debug("handshake rejected", ss, "reason", reason.String())
+	return l.answerAndClose(c, ss, reason, resp)
+}
+
+// answerAndClose writes a refusal's HTTP answer and closes.
+func (l *loop) answerAndClose(c gnet.Conn, ss *session.Session, reason failReason, resp []byte) gnet.Action {
 	l.metrics.handshakeFailures[reason].inc()
 	ss.Flags |= session.FlagCloseSent
-	l.debug("handshake rejected", ss, "reason", reason.String())
 	_, _ = c.Discard(c.InboundBuffered())
 	l.metrics.bytesOut.add(uint64(len(resp)))
 	_, _ = c.Write(resp)
 	return gnet.Close
 }
 
-// refuse answers a connection that admission refused.
+// refuse answers a connection that admission refused (its log line goes
+// through the limiter: refusals come in floods).
 func (l *loop) refuse(c gnet.Conn, ss *session.Session, v admitVerdict) gnet.Action {
 	l.srv.admit.reject(v)
 	if l.log.Enabled(context.Background(), slog.LevelDebug) {
 		l.srv.logLimited.debug(l.log, "connection refused", "conn", l.connID(ss), "client", l.clientAddr(ss, c), "reason", v.String())
 	}
-	return l.reject(c, ss, failRefused, l.srv.admit.response(v))
+	return l.answerAndClose(c, ss, failRefused, l.srv.admit.response(v))
 }
 
 // proxyHeader consumes the PROXY header a trusted proxy opens the
