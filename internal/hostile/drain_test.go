@@ -27,7 +27,7 @@ func TestDrain(t *testing.T) {
 	const (
 		clients    = 1000
 		drainLimit = 10 * time.Second
-		replyDelay = 500 * time.Millisecond // clients answer the 1001 this late: the drain lasts that long
+		replyDelay = 2 * time.Second // clients answer the 1001 this late: the drain lasts that long
 	)
 	s := start(t, "--api-key", "k", "--drain-timeout", drainLimit.String())
 

@@ -119,11 +119,26 @@ func TestInboundByteFlood(t *testing.T) {
 // timeout is closed with 1000, even though it answers pings and sends its
 // own; one that keeps talking stays.
 func TestIdleTimeout(t *testing.T) {
-	s := start(t, "--idle-timeout", "400ms", "--ping-interval", "100ms")
+	s := start(t, "--idle-timeout", "1s", "--ping-interval", "200ms")
 	quiet := wstest.Dial(t, s.ws, "/ws", wstest.Options{})
 	talker := wstest.Dial(t, s.ws, "/ws", wstest.Options{})
-	go func() {
+	talked := make(chan error, 1)
+	go func() { // an echo every 100 ms, for twice the idle timeout
 		for range 20 {
+			if err := talker.Send(frame.OpText, []byte(`{"type":"echo","id":1}`)); err != nil {
+				talked <- err
+				return
+			}
+			if _, _, err := talker.ReadMessage(); err != nil {
+				talked <- err
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		talked <- nil
+	}()
+	go func() {
+		for range 40 {
 			if quiet.Send(frame.OpPing, []byte("x")) != nil {
 				return
 			}
@@ -132,20 +147,19 @@ func TestIdleTimeout(t *testing.T) {
 	}()
 	start := time.Now()
 	expectCloseFrame(t, quiet, frame.CloseNormal, "idle timeout")
-	if d := time.Since(start); d < 400*time.Millisecond {
+	if d := time.Since(start); d < time.Second {
 		t.Fatalf("closed after %v, before the idle timeout", d)
 	}
-	s.waitMetric(t, limited("idle_timeout"), 1)
-	for range 8 {
-		echoes(t, talker)
-		time.Sleep(100 * time.Millisecond)
+	if err := <-talked; err != nil {
+		t.Fatalf("the connection that kept talking: %v", err)
 	}
+	s.waitMetric(t, limited("idle_timeout"), 1)
 }
 
 // TestVanishedClient: a client process that stops (SIGSTOP: its socket
 // stays open, nothing answers) is dropped after the missed-pong limit.
 func TestVanishedClient(t *testing.T) {
-	s := start(t, "--ping-interval", "100ms", "--max-missed-pongs", "2")
+	s := start(t, "--ping-interval", "200ms", "--max-missed-pongs", "3")
 	cmd := exec.Command(os.Args[0], "-test.run", "^TestHelperClient$")
 	cmd.Env = append(os.Environ(), "WSD_HOSTILE_CLIENT="+s.ws)
 	out, err := cmd.StdoutPipe()
