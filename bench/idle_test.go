@@ -14,6 +14,7 @@ import (
 
 	"github.com/wsdproject/wsd/engine"
 	"github.com/wsdproject/wsd/internal/testserver"
+	"github.com/wsdproject/wsd/internal/wsdproc"
 )
 
 // TestMain lets this test binary serve as its own client processes: the
@@ -26,7 +27,9 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	wsdproc.Cleanup() // the binary startWsd built
+	os.Exit(code)
 }
 
 func workerMain(args []string) error {

@@ -1,77 +1,25 @@
 package bench
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"io"
 	"net"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wsdproject/wsd/internal/wsdproc"
 )
 
-// startWsd builds cmd/wsd and runs it on free loopback ports with args,
+// startWsd runs the wsd binary on free loopback ports with args,
 // returning its WebSocket and admin addresses and its process; it is
 // killed (by its PID) when the test ends.
 func startWsd(t *testing.T, args ...string) (ws, admin string, pid int) {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "wsd")
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "../cmd/wsd").CombinedOutput(); err != nil {
-		t.Fatalf("go build ../cmd/wsd: %v\n%s", err, out)
-	}
-	args = append([]string{"--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "json"}, args...)
-	cmd := exec.Command(bin, args...)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	lines := make(chan []byte)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			lines <- append([]byte(nil), sc.Bytes()...)
-		}
-		close(lines)
-	}()
-	timeout := time.After(10 * time.Second)
-	for ws == "" || admin == "" {
-		select {
-		case line, ok := <-lines:
-			if !ok {
-				t.Fatalf("wsd exited before listening (ws %q, admin %q)", ws, admin)
-			}
-			var l struct{ Msg, Addr string }
-			if json.Unmarshal(line, &l) != nil {
-				continue
-			}
-			switch l.Msg {
-			case "listening":
-				ws = l.Addr
-			case "admin listening":
-				admin = l.Addr
-			}
-		case <-timeout:
-			t.Fatalf("wsd did not listen within 10 s (ws %q, admin %q)", ws, admin)
-		}
-	}
-	go func() {
-		for range lines {
-		}
-	}()
-	return ws, admin, cmd.Process.Pid
+	p := wsdproc.Start(t, args...)
+	return p.WS, p.Admin, p.PID()
 }
 
 // TestSoakRun runs a short soak end to end against a real wsd process (the

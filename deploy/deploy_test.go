@@ -1,7 +1,6 @@
 package deploy
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
@@ -16,12 +15,11 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/wsdproject/wsd/frame"
+	"github.com/wsdproject/wsd/internal/wsdproc"
 	"github.com/wsdproject/wsd/internal/wstest"
 )
 
@@ -674,98 +672,18 @@ func TestSelectors(t *testing.T) {
 
 // --- the real wsd -------------------------------------------------------------------
 
-var built struct {
-	once sync.Once
-	dir  string
-	bin  string
-	err  error
-}
-
-// buildWsd builds cmd/wsd once for the package's tests.
-func buildWsd(t *testing.T) string {
-	t.Helper()
-	built.once.Do(func() {
-		if built.dir, built.err = os.MkdirTemp("", "wsd-deploy-"); built.err != nil {
-			return
-		}
-		built.bin = filepath.Join(built.dir, "wsd")
-		cmd := exec.Command("go", "build", "-o", built.bin, "./cmd/wsd")
-		cmd.Dir = root(t)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			built.err = fmt.Errorf("go build ./cmd/wsd: %v\n%s", err, out)
-		}
-	})
-	if built.err != nil {
-		t.Fatal(built.err)
-	}
-	return built.bin
-}
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if built.dir != "" {
-		os.RemoveAll(built.dir)
-	}
+	wsdproc.Cleanup()
 	os.Exit(code)
 }
 
 // startWsd runs the wsd binary on free loopback ports with the HTTP API on
-// (key apiKey) and returns its WebSocket and admin addresses. It is stopped
-// with SIGTERM (then killed) when the test ends.
+// (key apiKey) and returns its WebSocket and admin addresses.
 func startWsd(t *testing.T, apiKey string) (ws, admin string) {
 	t.Helper()
-	cmd := exec.Command(buildWsd(t), "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-		"--log-format", "json", "--api-key", apiKey)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(15 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
-	addrs := make(chan [2]string, 1)
-	go func() {
-		defer close(exited)
-		var ws, admin string
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			var line struct{ Msg, Addr string }
-			if json.Unmarshal(sc.Bytes(), &line) != nil {
-				continue
-			}
-			switch line.Msg {
-			case "listening":
-				ws = line.Addr
-			case "admin listening":
-				admin = line.Addr
-			}
-			if ws != "" && admin != "" {
-				addrs <- [2]string{ws, admin}
-				ws = ""
-			}
-		}
-		_, _ = io.Copy(io.Discard, stderr)
-		_ = cmd.Wait()
-	}()
-	select {
-	case a := <-addrs:
-		return a[0], a[1]
-	case <-exited:
-		t.Fatal("wsd exited before listening")
-	case <-time.After(15 * time.Second):
-		t.Fatal("wsd did not start")
-	}
-	return "", ""
+	p := wsdproc.Start(t, "--api-key", apiKey)
+	return p.WS, p.Admin
 }
 
 // exposition is what /metrics says: for each sample name, its labels and

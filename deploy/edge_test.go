@@ -36,6 +36,8 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
+
+	"github.com/wsdproject/wsd/internal/wsdproc"
 )
 
 const (
@@ -64,12 +66,12 @@ func TestEdgeHAProxy(t *testing.T) {
 	w := startEdgeWsd(t, "--trusted-proxies", "127.0.0.1", "--proxy-protocol")
 	front := freeEdgePort(t)
 	sock := filepath.Join(dir, "admin.sock")
-	_, adminPort, _ := net.SplitHostPort(w.admin)
+	_, adminPort, _ := net.SplitHostPort(w.Admin)
 	repl := [][2]string{
 		{"bind :443", "bind " + front},
 		{"/etc/haproxy/certs/wsd.pem", pemFile},
 		{"/run/haproxy/admin.sock", sock},
-		{"server wsd1 10.0.0.11:8080", "server wsd1 " + w.ws},
+		{"server wsd1 10.0.0.11:8080", "server wsd1 " + w.WS},
 		{"check port 9090", "check port " + adminPort},
 		// Short, so that the idle check below outlasts them: an upgraded
 		// connection must be governed by "timeout tunnel" alone.
@@ -120,7 +122,7 @@ func TestEdgeNginx(t *testing.T) {
 		{"listen 443 ssl", "listen " + front + " ssl"},
 		{"/etc/nginx/tls/wsd.crt", crt},
 		{"/etc/nginx/tls/wsd.key", key},
-		{"server 10.0.0.11:8080", "server " + w.ws},
+		{"server 10.0.0.11:8080", "server " + w.WS},
 	})))
 	// The main configuration a Debian nginx.conf would be, reduced to what
 	// runs in a temporary directory: the shipped file is included as is.
@@ -164,7 +166,7 @@ http {
 type edge struct {
 	t     *testing.T // the running check's
 	front string     // the proxy's TLS listener
-	wsd   *edgeWsd
+	wsd   *wsdproc.Proc
 	roots *x509.CertPool
 }
 
@@ -196,10 +198,10 @@ func (e *edge) clientAddress() {
 	}
 	defer c.Close()
 	e.echo(c, 1)
-	line := e.wsd.log.wait(t, `"msg":"connection opened"`, `"client":"`+clientA+`"`)
+	line := e.wsd.Log.Find(t, `"msg":"connection opened"`, `"client":"`+clientA+`"`)
 	t.Logf("wsd: %s", line)
 	for _, bad := range []string{"127.0.0.1", forged} {
-		if l := e.wsd.log.find(`"msg":"connection opened"`, `"client":"`+bad+`"`); l != "" {
+		if l := e.wsd.Log.Lookup(`"msg":"connection opened"`, `"client":"`+bad+`"`); l != "" {
 			t.Errorf("wsd took the client for %s: %s", bad, l)
 		}
 	}
@@ -252,7 +254,7 @@ func (e *edge) perAddressLimit() {
 			t.Logf("third connection from %s refused: %d %s", clientA, status, body)
 		}
 	}
-	e.wsd.log.wait(t, `"msg":"connection refused"`, `"client":"`+clientA+`"`, `"reason":"ip_conns"`)
+	e.wsd.Log.Find(t, `"msg":"connection refused"`, `"client":"`+clientA+`"`, `"reason":"ip_conns"`)
 
 	c, _, err := e.dial(clientB, nil, "")
 	if err != nil {
@@ -423,39 +425,11 @@ func (e *edge) echo(c net.Conn, id int) {
 
 // --- wsd ---------------------------------------------------------------------------
 
-type edgeWsd struct {
-	ws, admin string
-	log       *edgeLog
-}
-
 // startEdgeWsd runs wsd on free loopback ports, with the per-address limit
 // and debug logs the checks read, plus args; its log is kept.
-func startEdgeWsd(t *testing.T, args ...string) *edgeWsd {
+func startEdgeWsd(t *testing.T, args ...string) *wsdproc.Proc {
 	t.Helper()
-	args = append([]string{"--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-		"--max-conns-per-ip", "2", "--log-level", "debug", "--log-format", "json"}, args...)
-	p := startEdgeProc(t, "wsd", exec.Command(buildWsd(t), args...))
-	var w edgeWsd
-	w.log = p.out
-	waitEdge(t, "wsd to listen", func() (bool, string) {
-		for _, l := range p.out.lines() {
-			var line struct{ Msg, Addr string }
-			if json.Unmarshal([]byte(l), &line) != nil {
-				continue
-			}
-			switch line.Msg {
-			case "listening":
-				w.ws = line.Addr
-			case "admin listening":
-				w.admin = line.Addr
-			}
-		}
-		if p.exited() {
-			t.Fatalf("wsd exited:\n%s", p.out.String())
-		}
-		return w.ws != "" && w.admin != "", p.out.String()
-	})
-	return &w
+	return wsdproc.Start(t, append([]string{"--max-conns-per-ip", "2", "--log-level", "debug"}, args...)...)
 }
 
 // --- processes -----------------------------------------------------------------------
@@ -477,33 +451,6 @@ func (l *edgeLog) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return string(l.buf)
-}
-
-func (l *edgeLog) lines() []string { return strings.Split(l.String(), "\n") }
-
-// find returns the first line holding every one of subs, or "".
-func (l *edgeLog) find(subs ...string) string {
-next:
-	for _, line := range l.lines() {
-		for _, s := range subs {
-			if !strings.Contains(line, s) {
-				continue next
-			}
-		}
-		return line
-	}
-	return ""
-}
-
-// wait waits for a line holding every one of subs (logs lag the replies).
-func (l *edgeLog) wait(t *testing.T, subs ...string) string {
-	t.Helper()
-	var line string
-	waitEdge(t, "a log line with "+strings.Join(subs, " "), func() (bool, string) {
-		line = l.find(subs...)
-		return line != "", ""
-	})
-	return line
 }
 
 type edgeProc struct {

@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -18,7 +17,6 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,6 +24,7 @@ import (
 	"github.com/wsdproject/wsd/engine"
 	"github.com/wsdproject/wsd/frame"
 	"github.com/wsdproject/wsd/internal/testserver"
+	"github.com/wsdproject/wsd/internal/wsdproc"
 	"github.com/wsdproject/wsd/internal/wstest"
 )
 
@@ -219,7 +218,7 @@ func TestVersion(t *testing.T) {
 	if testing.Short() {
 		return
 	}
-	out, err := exec.Command(buildBinary(t), "--version").Output()
+	out, err := exec.Command(wsdproc.Binary(t), "--version").Output()
 	if err != nil || !versionRE.Match(out) {
 		t.Fatalf("wsd --version: %q, %v", out, err)
 	}
@@ -516,7 +515,7 @@ func TestBinarySignals(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	bin := buildBinary(t)
+	bin := wsdproc.Binary(t)
 	start := func(t *testing.T) (*exec.Cmd, string, string) {
 		cmd := exec.Command(bin, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "json",
 			"--drain-timeout", "30s", "--close-timeout", "30s")
@@ -596,38 +595,9 @@ func TestBinarySignals(t *testing.T) {
 	})
 }
 
-var built struct {
-	once sync.Once
-	dir  string
-	bin  string
-	err  error
-}
-
-// buildBinary builds wsd once for the tests that run the real binary.
-func buildBinary(t *testing.T) string {
-	t.Helper()
-	built.once.Do(func() {
-		var err error
-		if built.dir, err = os.MkdirTemp("", "wsd-test-"); err != nil {
-			built.err = err
-			return
-		}
-		built.bin = filepath.Join(built.dir, "wsd")
-		if out, err := exec.Command("go", "build", "-o", built.bin, ".").CombinedOutput(); err != nil {
-			built.err = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if built.err != nil {
-		t.Fatal(built.err)
-	}
-	return built.bin
-}
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if built.dir != "" {
-		os.RemoveAll(built.dir)
-	}
+	wsdproc.Cleanup()
 	os.Exit(code)
 }
 

@@ -83,7 +83,7 @@ func echoes(t *testing.T, c *wstest.Client) {
 
 func TestOriginAllowList(t *testing.T) {
 	s := start(t, "--allowed-origins", "https://app.example.com, https://*.example.org")
-	other := wstest.Dial(t, s.ws, "/ws", wstest.Options{})
+	other := wstest.Dial(t, s.WS, "/ws", wstest.Options{})
 	for _, c := range []struct {
 		origin string
 		want   int
@@ -98,53 +98,53 @@ func TestOriginAllowList(t *testing.T) {
 		{"http://test", http.StatusSwitchingProtocols}, // same origin as Host: test
 		{"null", http.StatusForbidden},
 	} {
-		r := rawFrom(t, "127.0.0.1", s.ws, wstest.UpgradeRequest("/ws", "Origin: "+c.origin))
+		r := rawFrom(t, "127.0.0.1", s.WS, wstest.UpgradeRequest("/ws", "Origin: "+c.origin))
 		expectStatus(t, r, c.want, "Origin "+c.origin)
 	}
-	expectStatus(t, rawFrom(t, "127.0.0.1", s.ws, wstest.UpgradeRequest("/ws")), http.StatusSwitchingProtocols, "no Origin")
-	s.waitMetric(t, rejected("origin"), 5)
+	expectStatus(t, rawFrom(t, "127.0.0.1", s.WS, wstest.UpgradeRequest("/ws")), http.StatusSwitchingProtocols, "no Origin")
+	s.WaitMetric(t, rejected("origin"), 5)
 	echoes(t, other)
 
 	strict := start(t, "--allowed-origins", "https://app.example.com", "--allow-no-origin=false", "--allow-same-origin=false")
-	expectStatus(t, rawFrom(t, "127.0.0.1", strict.ws, wstest.UpgradeRequest("/ws")), http.StatusForbidden, "no Origin, strict")
-	expectStatus(t, rawFrom(t, "127.0.0.1", strict.ws, wstest.UpgradeRequest("/ws", "Origin: http://test")), http.StatusForbidden, "same origin, strict")
-	strict.waitMetric(t, rejected("origin"), 2)
+	expectStatus(t, rawFrom(t, "127.0.0.1", strict.WS, wstest.UpgradeRequest("/ws")), http.StatusForbidden, "no Origin, strict")
+	expectStatus(t, rawFrom(t, "127.0.0.1", strict.WS, wstest.UpgradeRequest("/ws", "Origin: http://test")), http.StatusForbidden, "same origin, strict")
+	strict.WaitMetric(t, rejected("origin"), 2)
 }
 
 func TestPerAddressConnectionCap(t *testing.T) {
 	s := start(t, "--max-conns-per-ip", "3")
 	var held []*wstest.Client
 	for range 3 {
-		held = append(held, wstest.Dial(t, s.ws, "/ws", wstest.Options{LocalAddr: "127.0.0.5"}))
+		held = append(held, wstest.Dial(t, s.WS, "/ws", wstest.Options{LocalAddr: "127.0.0.5"}))
 	}
-	r := rawFrom(t, "127.0.0.5", s.ws, wstest.UpgradeRequest("/ws"))
+	r := rawFrom(t, "127.0.0.5", s.WS, wstest.UpgradeRequest("/ws"))
 	expectStatus(t, r, http.StatusTooManyRequests, "4th connection from one address")
 	if r.Header.Get("Retry-After") == "" {
 		t.Fatal("429 without Retry-After")
 	}
-	s.waitMetric(t, rejected("ip_conns"), 1)
+	s.WaitMetric(t, rejected("ip_conns"), 1)
 	// Another address is not affected, nor are the connections held.
-	expectStatus(t, rawFrom(t, "127.0.0.6", s.ws, wstest.UpgradeRequest("/ws")), http.StatusSwitchingProtocols, "other address")
+	expectStatus(t, rawFrom(t, "127.0.0.6", s.WS, wstest.UpgradeRequest("/ws")), http.StatusSwitchingProtocols, "other address")
 	echoes(t, held[0])
 	// A place freed is a place taken.
 	held[2].Conn.Close()
-	s.waitMetric(t, "wsd_connections_open", 3)
-	expectStatus(t, rawFrom(t, "127.0.0.5", s.ws, wstest.UpgradeRequest("/ws")), http.StatusSwitchingProtocols, "after one left")
+	s.WaitMetric(t, "wsd_connections_open", 3)
+	expectStatus(t, rawFrom(t, "127.0.0.5", s.WS, wstest.UpgradeRequest("/ws")), http.StatusSwitchingProtocols, "after one left")
 }
 
 func TestGlobalConnectionCap(t *testing.T) {
 	s := start(t, "--max-conns", "4")
 	var held []*wstest.Client
 	for i := range 4 {
-		held = append(held, wstest.Dial(t, s.ws, "/ws", wstest.Options{LocalAddr: "127.0.0." + strconv.Itoa(10+i)}))
+		held = append(held, wstest.Dial(t, s.WS, "/ws", wstest.Options{LocalAddr: "127.0.0." + strconv.Itoa(10+i)}))
 	}
-	r := rawFrom(t, "127.0.0.20", s.ws, wstest.UpgradeRequest("/ws"))
+	r := rawFrom(t, "127.0.0.20", s.WS, wstest.UpgradeRequest("/ws"))
 	expectStatus(t, r, http.StatusServiceUnavailable, "past --max-conns")
 	if ra, err := strconv.Atoi(r.Header.Get("Retry-After")); err != nil || ra < 1 || ra > 10 {
 		t.Fatalf("Retry-After %q, want 1 to 10", r.Header.Get("Retry-After"))
 	}
-	s.waitMetric(t, rejected("server_full"), 1)
-	resp, err := http.Get("http://" + s.admin + "/readyz")
+	s.WaitMetric(t, rejected("server_full"), 1)
+	resp, err := http.Get("http://" + s.Admin + "/readyz")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +163,7 @@ func TestHandshakeFlood(t *testing.T) {
 	ok, refused := 0, 0
 	began := time.Now()
 	for range 30 {
-		r := rawFrom(t, "127.0.0.7", s.ws, wstest.UpgradeRequest("/ws"))
+		r := rawFrom(t, "127.0.0.7", s.WS, wstest.UpgradeRequest("/ws"))
 		switch r.Status {
 		case http.StatusSwitchingProtocols:
 			ok++
@@ -178,15 +178,15 @@ func TestHandshakeFlood(t *testing.T) {
 	if ok < 5 || ok > 5+refills || refused != 30-ok {
 		t.Fatalf("%d upgraded, %d refused in %v; want the burst of 5 and at most %d refills", ok, refused, time.Since(began), refills)
 	}
-	s.waitMetric(t, rejected("ip_rate"), refused)
-	expectStatus(t, rawFrom(t, "127.0.0.8", s.ws, wstest.UpgradeRequest("/ws")), http.StatusSwitchingProtocols, "other address")
+	s.WaitMetric(t, rejected("ip_rate"), refused)
+	expectStatus(t, rawFrom(t, "127.0.0.8", s.WS, wstest.UpgradeRequest("/ws")), http.StatusSwitchingProtocols, "other address")
 
 	p := start(t, "--max-handshakes-per-sec", "5", "--retry-after-max", "4s")
 	seen := map[string]bool{}
 	paced := 0
 	began = time.Now()
 	for i := range 40 {
-		r := rawFrom(t, "127.0.0."+strconv.Itoa(30+i), p.ws, wstest.UpgradeRequest("/ws"))
+		r := rawFrom(t, "127.0.0."+strconv.Itoa(30+i), p.WS, wstest.UpgradeRequest("/ws"))
 		if r.Status == http.StatusServiceUnavailable {
 			paced++
 			seen[r.Header.Get("Retry-After")] = true
@@ -208,7 +208,7 @@ func TestHandshakeFlood(t *testing.T) {
 	if len(seen) < 2 {
 		t.Fatalf("Retry-After not jittered: %v", seen)
 	}
-	p.waitMetric(t, rejected("paced"), paced)
+	p.WaitMetric(t, rejected("paced"), paced)
 }
 
 // TestBanAndExpiry: an address that keeps hitting its cap is banned (429
@@ -216,24 +216,24 @@ func TestHandshakeFlood(t *testing.T) {
 // ban ends.
 func TestBanAndExpiry(t *testing.T) {
 	s := start(t, "--max-conns-per-ip", "1", "--ban-after", "3", "--ban-window", "10s", "--ban-duration", "3s")
-	held := wstest.Dial(t, s.ws, "/ws", wstest.Options{LocalAddr: "127.0.0.9"})
+	held := wstest.Dial(t, s.WS, "/ws", wstest.Options{LocalAddr: "127.0.0.9"})
 	for i := range 3 {
-		expectStatus(t, rawFrom(t, "127.0.0.9", s.ws, wstest.UpgradeRequest("/ws")), http.StatusTooManyRequests, fmt.Sprintf("violation %d", i+1))
+		expectStatus(t, rawFrom(t, "127.0.0.9", s.WS, wstest.UpgradeRequest("/ws")), http.StatusTooManyRequests, fmt.Sprintf("violation %d", i+1))
 	}
 	held.Conn.Close()
-	s.waitMetric(t, "wsd_connections_open", 0)
-	r := rawFrom(t, "127.0.0.9", s.ws, wstest.UpgradeRequest("/ws"))
+	s.WaitMetric(t, "wsd_connections_open", 0)
+	r := rawFrom(t, "127.0.0.9", s.WS, wstest.UpgradeRequest("/ws"))
 	expectStatus(t, r, http.StatusTooManyRequests, "banned")
 	if !strings.Contains(r.Body, "banned") || r.Header.Get("Retry-After") != "3" {
 		t.Fatalf("ban answer: %q, Retry-After %q", r.Body, r.Header.Get("Retry-After"))
 	}
-	s.waitMetric(t, "wsd_bans_total", 1)
-	s.waitMetric(t, rejected("banned"), 1)
-	s.waitMetric(t, "wsd_banned_ips", 1)
-	expectStatus(t, rawFrom(t, "127.0.0.10", s.ws, wstest.UpgradeRequest("/ws")), http.StatusSwitchingProtocols, "other address during the ban")
+	s.WaitMetric(t, "wsd_bans_total", 1)
+	s.WaitMetric(t, rejected("banned"), 1)
+	s.WaitMetric(t, "wsd_banned_ips", 1)
+	expectStatus(t, rawFrom(t, "127.0.0.10", s.WS, wstest.UpgradeRequest("/ws")), http.StatusSwitchingProtocols, "other address during the ban")
 	time.Sleep(3100 * time.Millisecond)
-	expectStatus(t, rawFrom(t, "127.0.0.9", s.ws, wstest.UpgradeRequest("/ws")), http.StatusSwitchingProtocols, "after the ban")
-	s.waitMetric(t, "wsd_banned_ips", 0)
+	expectStatus(t, rawFrom(t, "127.0.0.9", s.WS, wstest.UpgradeRequest("/ws")), http.StatusSwitchingProtocols, "after the ban")
+	s.WaitMetric(t, "wsd_banned_ips", 0)
 }
 
 // TestSpoofedForwardedFor: X-Forwarded-For from a peer that is not a
@@ -242,26 +242,26 @@ func TestBanAndExpiry(t *testing.T) {
 func TestSpoofedForwardedFor(t *testing.T) {
 	s := start(t, "--max-conns-per-ip", "2", "--trusted-proxies", "127.0.0.99", "--log-level", "debug")
 	for i := range 2 {
-		expectStatus(t, rawFrom(t, "127.0.0.11", s.ws, wstest.UpgradeRequest("/ws", "X-Forwarded-For: 203.0.113."+strconv.Itoa(i))),
+		expectStatus(t, rawFrom(t, "127.0.0.11", s.WS, wstest.UpgradeRequest("/ws", "X-Forwarded-For: 203.0.113."+strconv.Itoa(i))),
 			http.StatusSwitchingProtocols, "spoofed, within the cap")
 	}
-	expectStatus(t, rawFrom(t, "127.0.0.11", s.ws, wstest.UpgradeRequest("/ws", "X-Forwarded-For: 203.0.113.77")),
+	expectStatus(t, rawFrom(t, "127.0.0.11", s.WS, wstest.UpgradeRequest("/ws", "X-Forwarded-For: 203.0.113.77")),
 		http.StatusTooManyRequests, "spoofed X-Forwarded-For past the cap")
-	s.log.find(t, `"msg":"connection opened"`, `"client":"127.0.0.11"`)
-	s.waitMetric(t, rejected("ip_conns"), 1)
+	s.Log.Find(t, `"msg":"connection opened"`, `"client":"127.0.0.11"`)
+	s.WaitMetric(t, rejected("ip_conns"), 1)
 
 	// Through a trusted proxy: each client address has its own cap, and
 	// the rightmost untrusted address of the chain is the client.
 	for i := range 2 {
-		expectStatus(t, rawFrom(t, "127.0.0.99", s.ws, wstest.UpgradeRequest("/ws", "X-Forwarded-For: 6.6.6.6, 198.51.100.4, 127.0.0.99")),
+		expectStatus(t, rawFrom(t, "127.0.0.99", s.WS, wstest.UpgradeRequest("/ws", "X-Forwarded-For: 6.6.6.6, 198.51.100.4, 127.0.0.99")),
 			http.StatusSwitchingProtocols, fmt.Sprintf("proxied client %d", i))
 	}
-	expectStatus(t, rawFrom(t, "127.0.0.99", s.ws, wstest.UpgradeRequest("/ws", "X-Forwarded-For: 198.51.100.4")),
+	expectStatus(t, rawFrom(t, "127.0.0.99", s.WS, wstest.UpgradeRequest("/ws", "X-Forwarded-For: 198.51.100.4")),
 		http.StatusTooManyRequests, "proxied client past its cap")
-	expectStatus(t, rawFrom(t, "127.0.0.99", s.ws, wstest.UpgradeRequest("/ws", "X-Forwarded-For: 198.51.100.5")),
+	expectStatus(t, rawFrom(t, "127.0.0.99", s.WS, wstest.UpgradeRequest("/ws", "X-Forwarded-For: 198.51.100.5")),
 		http.StatusSwitchingProtocols, "another proxied client")
-	s.log.find(t, `"msg":"connection opened"`, `"client":"198.51.100.4"`)
-	s.waitMetric(t, rejected("ip_conns"), 2)
+	s.Log.Find(t, `"msg":"connection opened"`, `"client":"198.51.100.4"`)
+	s.WaitMetric(t, rejected("ip_conns"), 2)
 }
 
 // TestProxyProtocol: a PROXY header from a peer that is not a trusted
@@ -270,32 +270,32 @@ func TestSpoofedForwardedFor(t *testing.T) {
 func TestProxyProtocol(t *testing.T) {
 	s := start(t, "--trusted-proxies", "127.0.0.98", "--proxy-protocol", "--max-conns-per-ip", "1", "--log-level", "debug")
 	v1 := "PROXY TCP4 192.0.2.1 192.0.2.2 40000 443\r\n"
-	r := rawFrom(t, "127.0.0.12", s.ws, v1+wstest.UpgradeRequest("/ws"))
+	r := rawFrom(t, "127.0.0.12", s.WS, v1+wstest.UpgradeRequest("/ws"))
 	expectStatus(t, r, http.StatusBadRequest, "PROXY header from an untrusted peer")
-	s.waitMetric(t, rejected("untrusted_proxy_header"), 1)
+	s.WaitMetric(t, rejected("untrusted_proxy_header"), 1)
 
-	expectStatus(t, rawFrom(t, "127.0.0.98", s.ws, v1+wstest.UpgradeRequest("/ws")), http.StatusSwitchingProtocols, "v1 from the proxy")
-	s.log.find(t, `"msg":"connection opened"`, `"client":"192.0.2.1"`)
-	expectStatus(t, rawFrom(t, "127.0.0.98", s.ws, v1+wstest.UpgradeRequest("/ws")), http.StatusTooManyRequests, "same client past its cap")
+	expectStatus(t, rawFrom(t, "127.0.0.98", s.WS, v1+wstest.UpgradeRequest("/ws")), http.StatusSwitchingProtocols, "v1 from the proxy")
+	s.Log.Find(t, `"msg":"connection opened"`, `"client":"192.0.2.1"`)
+	expectStatus(t, rawFrom(t, "127.0.0.98", s.WS, v1+wstest.UpgradeRequest("/ws")), http.StatusTooManyRequests, "same client past its cap")
 	// HAProxy often sends its header in a segment of its own: the rules
 	// apply all the same (they were once skipped when the request came in
 	// a later read).
-	expectStatus(t, rawParts(t, "127.0.0.98", s.ws, v1, wstest.UpgradeRequest("/ws")), http.StatusTooManyRequests, "header, then the request")
-	expectStatus(t, rawParts(t, "127.0.0.98", s.ws, "PROXY TCP4 192.0.2.", "7 192.0.2.2 40000 443\r\n", wstest.UpgradeRequest("/ws")),
+	expectStatus(t, rawParts(t, "127.0.0.98", s.WS, v1, wstest.UpgradeRequest("/ws")), http.StatusTooManyRequests, "header, then the request")
+	expectStatus(t, rawParts(t, "127.0.0.98", s.WS, "PROXY TCP4 192.0.2.", "7 192.0.2.2 40000 443\r\n", wstest.UpgradeRequest("/ws")),
 		http.StatusSwitchingProtocols, "a header in two parts")
-	s.log.find(t, `"msg":"connection opened"`, `"client":"192.0.2.7"`)
+	s.Log.Find(t, `"msg":"connection opened"`, `"client":"192.0.2.7"`)
 
 	h := proxyproto.HeaderProxyFromAddrs(2, &net.TCPAddr{IP: net.ParseIP("2001:db8::1"), Port: 5000}, &net.TCPAddr{IP: net.ParseIP("2001:db8::2"), Port: 443})
 	v2, err := h.Format()
 	if err != nil {
 		t.Fatal(err)
 	}
-	expectStatus(t, rawFrom(t, "127.0.0.98", s.ws, string(v2)+wstest.UpgradeRequest("/ws")), http.StatusSwitchingProtocols, "v2 from the proxy")
-	s.log.find(t, `"msg":"connection opened"`, `"client":"2001:db8::1"`)
+	expectStatus(t, rawFrom(t, "127.0.0.98", s.WS, string(v2)+wstest.UpgradeRequest("/ws")), http.StatusSwitchingProtocols, "v2 from the proxy")
+	s.Log.Find(t, `"msg":"connection opened"`, `"client":"2001:db8::1"`)
 
-	expectStatus(t, rawFrom(t, "127.0.0.98", s.ws, wstest.UpgradeRequest("/ws")), http.StatusBadRequest, "trusted proxy without a header")
-	expectStatus(t, rawFrom(t, "127.0.0.98", s.ws, "PROXY TCP4 nonsense\r\n"+wstest.UpgradeRequest("/ws")), http.StatusBadRequest, "malformed header")
-	s.waitMetric(t, rejected("bad_proxy_header"), 2)
+	expectStatus(t, rawFrom(t, "127.0.0.98", s.WS, wstest.UpgradeRequest("/ws")), http.StatusBadRequest, "trusted proxy without a header")
+	expectStatus(t, rawFrom(t, "127.0.0.98", s.WS, "PROXY TCP4 nonsense\r\n"+wstest.UpgradeRequest("/ws")), http.StatusBadRequest, "malformed header")
+	s.WaitMetric(t, rejected("bad_proxy_header"), 2)
 }
 
 // TestDescriptorExhaustion: with a small open-file limit, connections past
@@ -310,7 +310,7 @@ func TestDescriptorExhaustion(t *testing.T) {
 		}
 	}
 	s := startCmd(t, limited(300))
-	first := wstest.Dial(t, s.ws, "/ws", wstest.Options{})
+	first := wstest.Dial(t, s.WS, "/ws", wstest.Options{})
 	var conns []net.Conn
 	t.Cleanup(func() {
 		for _, c := range conns {
@@ -318,20 +318,20 @@ func TestDescriptorExhaustion(t *testing.T) {
 		}
 	})
 	for range 400 {
-		c, err := net.Dial("tcp", s.ws)
+		c, err := net.Dial("tcp", s.WS)
 		if err != nil {
 			t.Fatal(err)
 		}
 		conns = append(conns, c)
 	}
-	s.waitMetric(t, rejected("server_full"), 400-(300-128-1))
+	s.WaitMetric(t, rejected("server_full"), 400-(300-128-1))
 	echoes(t, first)
 
 	e := startCmd(t, limited(200), "--max-conns", "1000")
-	before := wstest.Dial(t, e.ws, "/ws", wstest.Options{})
+	before := wstest.Dial(t, e.WS, "/ws", wstest.Options{})
 	var more []net.Conn
 	for range 300 {
-		c, err := net.Dial("tcp", e.ws)
+		c, err := net.Dial("tcp", e.WS)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -344,10 +344,10 @@ func TestDescriptorExhaustion(t *testing.T) {
 	for _, c := range more {
 		c.Close()
 	}
-	if n := e.metric(t, "wsd_accept_errors_total"); n == 0 {
+	if n := e.Metric(t, "wsd_accept_errors_total"); n == 0 {
 		t.Fatal("no accept error counted: the test did not exhaust the descriptors")
 	}
-	after := wstest.Dial(t, e.ws, "/ws", wstest.Options{})
+	after := wstest.Dial(t, e.WS, "/ws", wstest.Options{})
 	echoes(t, after)
 	echoes(t, before)
 }

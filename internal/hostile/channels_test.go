@@ -108,7 +108,7 @@ func exchangeAll(cs []*wstest.Client, n, batch int, msg func(i, j int) []byte, s
 
 // scrape reads the given integer samples from the server's /metrics.
 func (s *server) scrape(samples ...string) (map[string]int, error) {
-	resp, err := http.Get("http://" + s.admin + "/metrics")
+	resp, err := http.Get("http://" + s.Admin + "/metrics")
 	if err != nil {
 		return nil, err
 	}
@@ -192,7 +192,7 @@ func dialAll(t *testing.T, s *server, n int) []*wstest.Client {
 	t.Helper()
 	cs := make([]*wstest.Client, n)
 	for i := range cs {
-		cs[i] = wstest.Dial(t, s.ws, "/ws", wstest.Options{})
+		cs[i] = wstest.Dial(t, s.WS, "/ws", wstest.Options{})
 		if _, err := exchange(cs[i], 0, [][]byte{[]byte(`{"type":"echo","id":0,"data":1}`)}); err != nil {
 			t.Fatal(err)
 		}
@@ -333,9 +333,9 @@ func TestChannelNamesRSS(t *testing.T) {
 	for _, c := range cs {
 		c.Conn.Close()
 	}
-	s.waitMetric(t, "wsd_channels", 0)
-	s.waitMetric(t, "wsd_connections_open", 0)
-	if n := s.metric(t, "wsd_broker_streams"); n > maxChannels {
+	s.WaitMetric(t, "wsd_channels", 0)
+	s.WaitMetric(t, "wsd_connections_open", 0)
+	if n := s.Metric(t, "wsd_broker_streams"); n > maxChannels {
 		t.Errorf("wsd_broker_streams %d after the connections closed; cap %d", n, maxChannels)
 	}
 }

@@ -41,7 +41,7 @@ func TestDrain(t *testing.T) {
 	pubN := regexp.MustCompile(`"data":\{"n":(\d+)\}`)
 	var readers sync.WaitGroup
 	for i := range clients {
-		c := wstest.Dial(t, s.ws, "/ws", wstest.Options{LocalAddr: "127.0.1." + strconv.Itoa(1+i%200)})
+		c := wstest.Dial(t, s.WS, "/ws", wstest.Options{LocalAddr: "127.0.1." + strconv.Itoa(1+i%200)})
 		if err := c.Send(frame.OpText, []byte(`{"type":"subscribe","channel":"news","id":1}`)); err != nil {
 			t.Fatal(err)
 		}
@@ -88,7 +88,7 @@ func TestDrain(t *testing.T) {
 		defer close(pubDone)
 		hc := &http.Client{Timeout: 5 * time.Second}
 		for n := 1; n < 100000; n++ {
-			req, _ := http.NewRequest("POST", "http://"+s.admin+"/api/publish",
+			req, _ := http.NewRequest("POST", "http://"+s.Admin+"/api/publish",
 				strings.NewReader(fmt.Sprintf(`{"channel":"news","data":{"n":%d}}`, n)))
 			req.Header.Set("Authorization", "apikey k")
 			resp, err := hc.Do(req)
@@ -120,12 +120,12 @@ func TestDrain(t *testing.T) {
 	}
 
 	signalled := time.Now()
-	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := s.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	exited := make(chan int, 1)
 	go func() {
-		st, err := s.cmd.Process.Wait()
+		st, err := s.Cmd.Process.Wait()
 		if err != nil {
 			exited <- -1
 			return
@@ -137,7 +137,7 @@ func TestDrain(t *testing.T) {
 	// a new connection is refused by the kernel, not accepted and answered.
 	refused := false
 	for time.Since(signalled) < replyDelay/2 {
-		c, err := net.DialTimeout("tcp", s.ws, time.Second)
+		c, err := net.DialTimeout("tcp", s.WS, time.Second)
 		if err != nil {
 			switch {
 			case errors.Is(err, syscall.ECONNREFUSED):

@@ -5,16 +5,12 @@
 package hostile
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,10 +18,9 @@ import (
 	"time"
 
 	"github.com/wsdproject/wsd/frame"
+	"github.com/wsdproject/wsd/internal/wsdproc"
 	"github.com/wsdproject/wsd/internal/wstest"
 )
-
-var bin string // the wsd binary, built by TestMain
 
 // The servers run with GOGC=25, so that their RSS follows the memory they
 // hold rather than the garbage collector's headroom (with the default of
@@ -39,65 +34,14 @@ const gogc = "25"
 const markBound = 2*MiB*5/4 + MiB
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "wsd-hostile")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bin = filepath.Join(dir, "wsd")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/wsd").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
-		os.Exit(1)
-	}
 	code := m.Run()
-	os.RemoveAll(dir)
+	wsdproc.Cleanup()
 	os.Exit(code)
 }
 
 // server is one wsd process.
 type server struct {
-	cmd   *exec.Cmd
-	ws    string // host:port
-	admin string // host:port
-	log   *logTail
-}
-
-// logTail keeps the server's log lines (JSON) for tests that check them.
-type logTail struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (l *logTail) add(s string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if len(l.lines) < 100000 {
-		l.lines = append(l.lines, s)
-	}
-}
-
-// find waits, bounded, for a log line holding every part.
-func (l *logTail) find(t testing.TB, parts ...string) string {
-	t.Helper()
-	deadline := time.Now().Add(wstest.Timeout)
-	for {
-		l.mu.Lock()
-		for _, line := range l.lines {
-			ok := true
-			for _, p := range parts {
-				ok = ok && strings.Contains(line, p)
-			}
-			if ok {
-				l.mu.Unlock()
-				return line
-			}
-		}
-		l.mu.Unlock()
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line with %q", parts)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	*wsdproc.Proc
 }
 
 // start runs wsd with args on free loopback ports and waits until it listens.
@@ -110,49 +54,15 @@ func start(t *testing.T, args ...string) *server {
 // sets a resource limit, say): wrap(bin, args) returns the command to run.
 func startCmd(t *testing.T, wrap func(bin string, args []string) *exec.Cmd, args ...string) *server {
 	t.Helper()
-	// The per-connection rate limits are off unless a test turns them back
-	// on (a later flag wins): the other attacks flood on purpose, to reach
-	// the bound each tests, and a rate limit would end them first.
-	args = append([]string{"--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "json",
-		"--max-messages-per-sec", "0", "--max-inbound-bytes-per-sec", "0"}, args...)
-	cmd := exec.Command(bin, args...)
-	if wrap != nil {
-		cmd = wrap(bin, args)
-	}
-	cmd.Env = append(os.Environ(), "GOGC="+gogc)
-	stderr, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	s := &server{cmd: cmd, log: &logTail{}}
-	sc := bufio.NewScanner(stderr)
-	for (s.ws == "" || s.admin == "") && sc.Scan() {
-		s.log.add(sc.Text())
-		var line struct{ Msg, Addr string }
-		if json.Unmarshal(sc.Bytes(), &line) != nil {
-			continue
-		}
-		switch line.Msg {
-		case "listening":
-			s.ws = line.Addr
-		case "admin listening":
-			s.admin = line.Addr
-		}
-	}
-	go func() {
-		for sc.Scan() {
-			s.log.add(sc.Text())
-		}
-		_, _ = io.Copy(io.Discard, stderr)
-	}()
-	if s.ws == "" || s.admin == "" {
-		t.Fatalf("wsd did not start (ws %q, admin %q)", s.ws, s.admin)
-	}
-	return s
+	// The servers run with GOGC=25 (see gogc). The per-connection rate
+	// limits are off unless a test turns them back on (a later flag wins):
+	// the other attacks flood on purpose, to reach the bound each tests,
+	// and a rate limit would end them first.
+	return &server{wsdproc.StartWith(t, wsdproc.Options{
+		Args: append([]string{"--max-messages-per-sec", "0", "--max-inbound-bytes-per-sec", "0"}, args...),
+		Env:  []string{"GOGC=" + gogc},
+		Wrap: wrap,
+	})}
 }
 
 // readRSS returns the resident anonymous memory of process pid in bytes
@@ -178,7 +88,7 @@ func readRSS(pid int) (int, error) {
 // rss returns the server's resident anonymous memory in bytes.
 func (s *server) rss(t testing.TB) int {
 	t.Helper()
-	n, err := readRSS(s.cmd.Process.Pid)
+	n, err := readRSS(s.PID())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +100,7 @@ func (s *server) rss(t testing.TB) int {
 func (s *server) watchRSS(t testing.TB) (stop func() int) {
 	peak := s.rss(t)
 	stopSampling := every(20*time.Millisecond, func() bool {
-		n, err := readRSS(s.cmd.Process.Pid)
+		n, err := readRSS(s.PID())
 		if err != nil {
 			return false
 		}
@@ -231,45 +141,11 @@ func every(period time.Duration, f func() bool) (stop func()) {
 	}
 }
 
-// metric reads one sample from the server's /metrics.
-func (s *server) metric(t testing.TB, sample string) int {
-	t.Helper()
-	resp, err := http.Get("http://" + s.admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), sample+" "); ok {
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return n
-		}
-	}
-	t.Fatalf("no metric %s", sample)
-	return 0
-}
-
-// waitMetric waits, bounded, for a count that is already decided to show.
-func (s *server) waitMetric(t testing.TB, sample string, want int) {
-	t.Helper()
-	deadline := time.Now().Add(wstest.Timeout)
-	for s.metric(t, sample) != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s = %d, want %d", sample, s.metric(t, sample), want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // warm makes the server allocate what any busy server holds anyway (loop
 // scratch buffers, pools), so that growth measured after it is the attack's.
 func warm(t *testing.T, s *server) {
 	t.Helper()
-	c := wstest.Dial(t, s.ws, "/ws", wstest.Options{})
+	c := wstest.Dial(t, s.WS, "/ws", wstest.Options{})
 	msg := []byte(`{"type":"echo","data":"` + strings.Repeat("w", 100<<10) + `"}`)
 	for range 20 {
 		if err := c.Send(frame.OpText, msg); err != nil {
@@ -293,7 +169,7 @@ const MiB = 1 << 20
 func TestLengthOverflowStream(t *testing.T) {
 	s := start(t)
 	warm(t, s)
-	c := wstest.Dial(t, s.ws, "/ws", wstest.Options{})
+	c := wstest.Dial(t, s.WS, "/ws", wstest.Options{})
 	before := s.rss(t)
 	stop := s.watchRSS(t)
 	mask := [4]byte{1, 2, 3, 4}
@@ -322,7 +198,7 @@ func TestLengthOverflowStream(t *testing.T) {
 		t.Fatalf("server RSS grew by %.1f MiB under the stream, want < 4 MiB", float64(growth)/MiB)
 	}
 	c.Conn.Close() // our FIN ends the server's drain of the half-closed connection
-	s.waitMetric(t, `wsd_connections_closed_by_code_total{code="1009"}`, 1)
+	s.WaitMetric(t, `wsd_connections_closed_by_code_total{code="1009"}`, 1)
 }
 
 // TestPingFloodRSS: a client that floods pings and never reads is closed
@@ -331,7 +207,7 @@ func TestLengthOverflowStream(t *testing.T) {
 func TestPingFloodRSS(t *testing.T) {
 	s := start(t, "--close-timeout", "30s")
 	warm(t, s)
-	c := wstest.Dial(t, s.ws, "/ws", wstest.Options{RecvBuffer: 32 << 10})
+	c := wstest.Dial(t, s.WS, "/ws", wstest.Options{RecvBuffer: 32 << 10})
 	before := s.rss(t)
 	stop := s.watchRSS(t)
 	ping := frame.AppendMaskedFrame(nil, true, frame.OpPing, 0, [4]byte{9, 9, 9, 9}, bytes.Repeat([]byte("p"), 125))
@@ -352,7 +228,7 @@ func TestPingFloodRSS(t *testing.T) {
 	if growth >= markBound {
 		t.Fatalf("server RSS grew by %.1f MiB under the flood, want under %.1f MiB for a 1 MiB mark", float64(growth)/MiB, float64(markBound)/MiB)
 	}
-	s.waitMetric(t, `wsd_connections_closed_by_reason_total{reason="slow_consumer"}`, 1)
+	s.WaitMetric(t, `wsd_connections_closed_by_reason_total{reason="slow_consumer"}`, 1)
 }
 
 // readUntilClose reads frames until a close frame and returns its code.
@@ -399,28 +275,28 @@ func TestNonReaderRSS(t *testing.T) {
 		t.Run(policy, func(t *testing.T) {
 			s := start(t, "--loops", "1", "--slow-consumer", policy, "--close-timeout", "30s",
 				"--allow-client-publish", "--history-size", "0")
-			fast := wstest.Dial(t, s.ws, "/ws", wstest.Options{})
+			fast := wstest.Dial(t, s.WS, "/ws", wstest.Options{})
 			subscribe(t, fast)
-			pub := wstest.Dial(t, s.ws, "/ws", wstest.Options{})
+			pub := wstest.Dial(t, s.WS, "/ws", wstest.Options{})
 			subscribe(t, pub)
 			const n = 1000
 			publishRound(t, pub, fast, 0, n)
 			before := s.rss(t)
 
-			slow := wstest.Dial(t, s.ws, "/ws", wstest.Options{RecvBuffer: 32 << 10})
+			slow := wstest.Dial(t, s.WS, "/ws", wstest.Options{RecvBuffer: 32 << 10})
 			subscribe(t, slow) // its ack is the last thing it reads
 			stop := s.watchRSS(t)
 			publishRound(t, pub, fast, n, n)
 			// The outbound gauge is refreshed every tick (1 s): wait for the
 			// non-reader to show in it.
 			deadline := time.Now().Add(wstest.Timeout)
-			for policy == "drop" && s.metric(t, "wsd_outbound_backlogged_connections") != 1 {
+			for policy == "drop" && s.Metric(t, "wsd_outbound_backlogged_connections") != 1 {
 				if time.Now().After(deadline) {
 					t.Fatal("the non-reader never shows in wsd_outbound_backlogged_connections")
 				}
 				time.Sleep(50 * time.Millisecond)
 			}
-			queued := s.metric(t, "wsd_outbound_buffered_bytes")
+			queued := s.Metric(t, "wsd_outbound_buffered_bytes")
 			peak := stop()
 			growth := peak - before
 			t.Logf("server anonymous RSS %.1f MiB after a round without the non-reader; peak growth %.2f MiB in the round with it; %d bytes queued",
@@ -432,7 +308,7 @@ func TestNonReaderRSS(t *testing.T) {
 				if code := readUntilClose(t, slow); code != frame.CloseTryAgainLater {
 					t.Fatalf("close %d, want 1013", code)
 				}
-				s.waitMetric(t, `wsd_connections_closed_by_code_total{code="1013"}`, 1)
+				s.WaitMetric(t, `wsd_connections_closed_by_code_total{code="1013"}`, 1)
 				return
 			}
 			// The mark, plus the frame that crossed it: 16 KiB of data, its
@@ -440,8 +316,8 @@ func TestNonReaderRSS(t *testing.T) {
 			if queued > MiB+(16<<10)+256 {
 				t.Fatalf("%d bytes queued for the non-reader, mark 1 MiB", queued)
 			}
-			dropped := s.metric(t, `wsd_outbound_dropped_frames_total{reason="slow_consumer"}`)
-			if dropped == 0 || s.metric(t, `wsd_slow_consumer_total{action="drop"}`) != 1 {
+			dropped := s.Metric(t, `wsd_outbound_dropped_frames_total{reason="slow_consumer"}`)
+			if dropped == 0 || s.Metric(t, `wsd_slow_consumer_total{action="drop"}`) != 1 {
 				t.Fatalf("%d frames dropped, want some, in one episode", dropped)
 			}
 			// What it reads is the publications that were not dropped, in order.

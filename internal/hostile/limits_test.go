@@ -48,8 +48,8 @@ func expectCloseFrame(t *testing.T, c *wstest.Client, code frame.CloseCode, reas
 // keeps its connection, and the others notice nothing.
 func TestMessageFlood(t *testing.T) {
 	s := start(t, "--max-messages-per-sec", "10", "--message-burst", "5", "--rate-limit-strikes", "3")
-	other := wstest.Dial(t, s.ws, "/ws", wstest.Options{})
-	c := wstest.Dial(t, s.ws, "/ws", wstest.Options{})
+	other := wstest.Dial(t, s.WS, "/ws", wstest.Options{})
+	c := wstest.Dial(t, s.WS, "/ws", wstest.Options{})
 	var flood []byte
 	for i := range 9 {
 		flood = append(flood, c.Frame(true, frame.OpText, 0, fmt.Appendf(nil, `{"type":"echo","id":%d,"data":"m%d"}`, i, i))...)
@@ -71,13 +71,13 @@ func TestMessageFlood(t *testing.T) {
 			t.Fatalf("reply %d: %s, want %s", i, m, want)
 		}
 	}
-	s.waitMetric(t, limited("message_rate"), 3)
-	s.waitMetric(t, limited("message_rate_close"), 1)
-	s.waitMetric(t, `wsd_connections_closed_by_reason_total{reason="rate_limit"}`, 1)
+	s.WaitMetric(t, limited("message_rate"), 3)
+	s.WaitMetric(t, limited("message_rate_close"), 1)
+	s.WaitMetric(t, `wsd_connections_closed_by_reason_total{reason="rate_limit"}`, 1)
 	echoes(t, other)
 
 	// Refused, then slower: the connection stays.
-	p := wstest.Dial(t, s.ws, "/ws", wstest.Options{})
+	p := wstest.Dial(t, s.WS, "/ws", wstest.Options{})
 	flood = flood[:0]
 	for i := range 6 {
 		flood = append(flood, p.Frame(true, frame.OpText, 0, fmt.Appendf(nil, `{"type":"echo","id":%d}`, i))...)
@@ -99,8 +99,8 @@ func TestMessageFlood(t *testing.T) {
 // 1008, counted as a violation of its address; the others are unaffected.
 func TestInboundByteFlood(t *testing.T) {
 	s := start(t, "--max-inbound-bytes-per-sec", "65536", "--max-message-bytes", "65536")
-	other := wstest.Dial(t, s.ws, "/ws", wstest.Options{})
-	c := wstest.Dial(t, s.ws, "/ws", wstest.Options{})
+	other := wstest.Dial(t, s.WS, "/ws", wstest.Options{})
+	c := wstest.Dial(t, s.WS, "/ws", wstest.Options{})
 	msg := []byte(`{"type":"echo","data":"` + strings.Repeat("b", 30<<10) + `"}`)
 	var flood []byte
 	for range 3 { // 90 KiB at once: past a burst of 64 KiB
@@ -111,7 +111,7 @@ func TestInboundByteFlood(t *testing.T) {
 	}
 	expectCloseFrame(t, c, frame.ClosePolicyViolation, "inbound byte rate exceeded")
 	c.Conn.Close()
-	s.waitMetric(t, limited("inbound_bytes"), 1)
+	s.WaitMetric(t, limited("inbound_bytes"), 1)
 	echoes(t, other)
 }
 
@@ -120,8 +120,8 @@ func TestInboundByteFlood(t *testing.T) {
 // own; one that keeps talking stays.
 func TestIdleTimeout(t *testing.T) {
 	s := start(t, "--idle-timeout", "1s", "--ping-interval", "200ms")
-	quiet := wstest.Dial(t, s.ws, "/ws", wstest.Options{})
-	talker := wstest.Dial(t, s.ws, "/ws", wstest.Options{})
+	quiet := wstest.Dial(t, s.WS, "/ws", wstest.Options{})
+	talker := wstest.Dial(t, s.WS, "/ws", wstest.Options{})
 	talked := make(chan error, 1)
 	go func() { // an echo every 100 ms, for twice the idle timeout
 		for range 20 {
@@ -153,7 +153,7 @@ func TestIdleTimeout(t *testing.T) {
 	if err := <-talked; err != nil {
 		t.Fatalf("the connection that kept talking: %v", err)
 	}
-	s.waitMetric(t, limited("idle_timeout"), 1)
+	s.WaitMetric(t, limited("idle_timeout"), 1)
 }
 
 // TestVanishedClient: a client process that stops (SIGSTOP: its socket
@@ -161,7 +161,7 @@ func TestIdleTimeout(t *testing.T) {
 func TestVanishedClient(t *testing.T) {
 	s := start(t, "--ping-interval", "200ms", "--max-missed-pongs", "3")
 	cmd := exec.Command(os.Args[0], "-test.run", "^TestHelperClient$")
-	cmd.Env = append(os.Environ(), "WSD_HOSTILE_CLIENT="+s.ws)
+	cmd.Env = append(os.Environ(), "WSD_HOSTILE_CLIENT="+s.WS)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -178,16 +178,16 @@ func TestVanishedClient(t *testing.T) {
 		t.Fatalf("helper client: %q, %v", line, err)
 	}
 	time.Sleep(500 * time.Millisecond) // pings come and go: the helper answers them
-	if n := s.metric(t, "wsd_heartbeat_timeouts_total"); n != 0 {
+	if n := s.Metric(t, "wsd_heartbeat_timeouts_total"); n != 0 {
 		t.Fatalf("%d heartbeat timeouts while the client was running", n)
 	}
 	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	s.waitMetric(t, "wsd_heartbeat_timeouts_total", 1)
-	s.waitMetric(t, `wsd_connections_closed_by_reason_total{reason="ping_timeout"}`, 1)
-	s.waitMetric(t, "wsd_connections_open", 0)
-	echoes(t, wstest.Dial(t, s.ws, "/ws", wstest.Options{}))
+	s.WaitMetric(t, "wsd_heartbeat_timeouts_total", 1)
+	s.WaitMetric(t, `wsd_connections_closed_by_reason_total{reason="ping_timeout"}`, 1)
+	s.WaitMetric(t, "wsd_connections_open", 0)
+	echoes(t, wstest.Dial(t, s.WS, "/ws", wstest.Options{}))
 	_ = cmd.Process.Signal(syscall.SIGCONT)
 }
 
