@@ -118,6 +118,14 @@ func TestBadConfiguration(t *testing.T) {
 		{"admin too many colons", []string{"--admin", "::1:9090"}, [2]string{}, `invalid --admin "::1:9090": too many colons`},
 		{"bad log level", []string{"--log-level", "loud"}, [2]string{}, "invalid --log-level"},
 		{"bad echo path", []string{"--echo-path", "echo"}, [2]string{}, "invalid --echo-path"},
+		{"negative cap", []string{"--max-conns", "-1"}, [2]string{}, "invalid --max-conns -1: out of range"},
+		{"zero ban window", []string{"--ban-window", "0s"}, [2]string{}, "invalid --ban-window 0s: out of range"},
+		{"bad trusted proxy", []string{"--trusted-proxies", "10.0.0.0/8,proxy.example"}, [2]string{}, `"proxy.example" is not an address or CIDR prefix`},
+		{"PROXY protocol from nobody", []string{"--proxy-protocol"}, [2]string{}, "--proxy-protocol needs --trusted-proxies"},
+		{"origin without scheme", []string{"--allowed-origins", "app.example.com"}, [2]string{}, `invalid origin "app.example.com": want scheme://host[:port]`},
+		{"message rate too high", []string{"--max-messages-per-sec", "5000"}, [2]string{}, "message rate must be 0 to 1000 per second, got 5000"},
+		{"byte rate too low for the message size", []string{"--max-inbound-bytes-per-sec", "100"}, [2]string{},
+			"max inbound bytes per second 100 is too low for max message bytes 1048576"},
 		{"stray argument", []string{"serve"}, [2]string{}, `unexpected argument "serve"`},
 	}
 	if os.Geteuid() != 0 { // root reads any file
