@@ -351,3 +351,35 @@ func TestDescriptorExhaustion(t *testing.T) {
 	echoes(t, after)
 	echoes(t, before)
 }
+
+// TestAddressTableRSS: connections from thousands of addresses, each of
+// which the table must remember (a handshake rate of one per 100 s keeps
+// every entry), fill the per-address table to --max-tracked-ips and no
+// further: the rest are refused at accept (ip_table_full), and the
+// server's memory grows by the table's bound, not by the addresses seen.
+func TestAddressTableRSS(t *testing.T) {
+	const tracked, addrs = 2000, 6000
+	s := start(t, "--handshake-rate-per-ip", "0.01", "--max-tracked-ips", strconv.Itoa(tracked))
+	warm(t, s)
+	before := s.rss(t)
+	stop := s.watchRSS(t)
+	for i := range addrs {
+		src := fmt.Sprintf("127.10.%d.%d", i/250, 1+i%250)
+		d := net.Dialer{Timeout: wstest.Timeout, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		c, err := d.Dial("tcp", s.WS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	s.WaitMetric(t, rejected("ip_table_full"), addrs-(tracked-1)) // warm's 127.0.0.1 holds one entry
+	peak := stop()
+	if n := s.Metric(t, "wsd_tracked_ips"); n != tracked {
+		t.Fatalf("wsd_tracked_ips %d, want %d", n, tracked)
+	}
+	const budget = 4 * MiB // 2,000 entries of well under 1 KiB each, and noise
+	if grew := peak - before; grew > budget {
+		t.Fatalf("RSS grew by %d bytes for %d addresses, budget %d", grew, addrs, budget)
+	}
+	t.Logf("RSS %d -> peak %d bytes (+%d) for %d addresses, %d tracked", before, peak, peak-before, addrs, tracked)
+}
