@@ -119,8 +119,8 @@ func newFlagSet(c *config) *flag.FlagSet {
 
 	fs.BoolVar(&e.ReusePort, "reuse-port", false, "set SO_REUSEPORT so several wsd processes can listen on one port")
 	fs.IntVar(&e.MaxConns, "max-conns", 0, "connections open at once, handshaking ones included (past it: HTTP 503 at accept); 0 means the open-file limit minus 128")
-	fs.Float64Var(&e.MaxHandshakesPerSec, "max-handshakes-per-sec", 0, "new connections per second for the whole server, to pace reconnect storms (past it: 503 with a jittered Retry-After); 0 off")
-	durationVar(fs, &e.RetryAfterMax, "retry-after-max", d.RetryAfterMax, "largest retry hint: Retry-After of paced or full refusals and the drain's 1001 reason pick 1s to this at random")
+	fs.Float64Var(&e.MaxHandshakesPerSec, "max-handshakes-per-sec", 0, "new connections per second for the whole server, to pace reconnect storms (past it: 503 with a Retry-After giving each refused client a slot at the pace); 0 off")
+	durationVar(fs, &e.RetryAfterMax, "retry-after-max", d.RetryAfterMax, "largest retry hint: the Retry-After of full refusals and the drain's 1001 reason are picked from 1s to this at random; paced refusals' slots reach this at most")
 	fs.IntVar(&e.MaxConnsPerIP, "max-conns-per-ip", 0, "connections from one client address, IPv6 per /64 (past it: 429); 0 off")
 	fs.Float64Var(&e.HandshakeRatePerIP, "handshake-rate-per-ip", 0, "new connections per second from one client address (past it: 429); 0 off")
 	fs.IntVar(&e.HandshakeBurstPerIP, "handshake-burst-per-ip", 0, "burst of new connections from one client address; 0 means twice --handshake-rate-per-ip")
