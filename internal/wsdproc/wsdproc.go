@@ -115,18 +115,25 @@ func StartWith(t testing.TB, o Options) *Proc {
 	p := &Proc{Cmd: cmd, Log: &Log{}}
 	listening := make(chan struct{})
 	go func() {
+		var ws, admin string
+		signalled := false
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
 			line := sc.Text()
 			p.Log.add(line)
 			var l struct{ Msg, Addr string }
-			if json.Unmarshal([]byte(line), &l) == nil {
+			if !signalled && json.Unmarshal([]byte(line), &l) == nil {
 				switch l.Msg {
 				case "listening":
-					p.setAddr(&p.WS, l.Addr, listening)
+					ws = l.Addr
 				case "admin listening":
-					p.setAddr(&p.Admin, l.Addr, listening)
+					admin = l.Addr
+				}
+				if ws != "" && admin != "" { // written before the close: Start reads them after it
+					p.WS, p.Admin = ws, admin
+					close(listening)
+					signalled = true
 				}
 			}
 		}
@@ -138,23 +145,6 @@ func StartWith(t testing.TB, o Options) *Proc {
 		t.Fatalf("wsd did not start listening in %v; its log:\n%s", Timeout, p.Log)
 	}
 	return p
-}
-
-var addrMu sync.Mutex
-
-// setAddr records a listener's address; once both are known, listening
-// is closed.
-func (p *Proc) setAddr(field *string, addr string, listening chan struct{}) {
-	addrMu.Lock()
-	defer addrMu.Unlock()
-	*field = addr
-	if p.WS != "" && p.Admin != "" {
-		select {
-		case <-listening:
-		default:
-			close(listening)
-		}
-	}
 }
 
 // PID returns the process id.
