@@ -31,6 +31,8 @@ type Counters struct {
 	Failed    atomic.Int64 // dials or handshakes that failed
 	Dropped   atomic.Int64 // connections the server closed while we held them
 	Pings     atomic.Int64 // pings answered
+	PingsSent atomic.Int64 // our own pings written (Dialer.PingAll)
+	Pongs     atomic.Int64 // pongs received: answers to those
 }
 
 // idleHandler keeps enrolled connections alive: it answers pings with
@@ -52,8 +54,11 @@ func (h *idleHandler) OnTraffic(c gnet.Conn) gnet.Action {
 		if size == 0 {
 			return gnet.None
 		}
-		if hd.OpCode == frame.OpPing {
+		switch hd.OpCode {
+		case frame.OpPing:
 			h.counters.Pings.Add(1)
+		case frame.OpPong:
+			h.counters.Pongs.Add(1)
 		}
 		closed := answerControl(c, hd.OpCode, payload)
 		_, _ = c.Discard(size)
@@ -115,6 +120,9 @@ type Dialer struct {
 
 	cli     *gnet.Client
 	handler *idleHandler
+
+	mu    sync.Mutex
+	conns []gnet.Conn // every connection enrolled, for PingAll
 }
 
 // Start starts the event loops.
@@ -155,10 +163,31 @@ func (d *Dialer) Open(ctx context.Context) error {
 			return err
 		}
 	}
-	if _, err := d.cli.Enroll(conn); err != nil { // Enroll closes conn after taking a dup of it
+	gc, err := d.cli.Enroll(conn) // Enroll closes conn after taking a dup of it
+	if err != nil {
 		return err
 	}
+	d.mu.Lock()
+	d.conns = append(d.conns, gc)
+	d.mu.Unlock()
 	return nil
+}
+
+// checkPing is the payload of PingAll's pings.
+var checkPing = frame.AppendMaskedFrame(nil, true, frame.OpPing, 0, clientMask, []byte("wsbench"))
+
+// PingAll sends one ping on every connection enrolled so far; the pongs
+// are counted in Counters.Pongs. A connection the server closed meanwhile
+// takes no ping (its write fails) and is not counted in PingsSent.
+func (d *Dialer) PingAll() {
+	d.mu.Lock()
+	conns := d.conns
+	d.mu.Unlock()
+	for _, c := range conns {
+		if err := c.AsyncWrite(checkPing, nil); err == nil {
+			d.Counters.PingsSent.Add(1)
+		}
+	}
 }
 
 // handshake performs the HTTP upgrade on a blocking connection. The server

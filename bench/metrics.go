@@ -14,18 +14,20 @@ import (
 
 // Sample is what one scrape of the server and the host tell.
 type Sample struct {
-	At          time.Time
-	Open        float64 // wsd_connections_open
-	RSS         float64 // process_resident_memory_bytes
-	RSSAnon     float64 // process_resident_memory_anon_bytes
-	HeapInuse   float64 // go_memstats_heap_inuse_bytes
-	HeapLive    float64 // wsd_go_heap_live_bytes (as of the last GC)
-	CPUSeconds  float64 // process_cpu_seconds_total: utime+stime
-	Pings       float64 // wsd_pings_sent_total
-	Goroutines  float64 // go_goroutines
-	KernelSlab  float64 // /proc/meminfo Slab, bytes (host-wide)
-	SockInUse   float64 // /proc/net/sockstat TCP inuse (host-wide)
-	KernelTCPMm float64 // /proc/net/sockstat TCP mem, bytes (host-wide)
+	At         time.Time
+	Open       float64 // wsd_connections_open
+	RSS        float64 // process_resident_memory_bytes
+	RSSAnon    float64 // process_resident_memory_anon_bytes
+	HeapInuse  float64 // go_memstats_heap_inuse_bytes
+	HeapLive   float64 // wsd_go_heap_live_bytes (as of the last GC)
+	CPUSeconds float64 // process_cpu_seconds_total: utime+stime
+	Pings      float64 // wsd_pings_sent_total
+	Goroutines float64 // go_goroutines
+	KernelSlab float64 // /proc/meminfo Slab, bytes (host-wide)
+	// MemAvailable is /proc/meminfo MemAvailable, bytes (host-wide).
+	MemAvailable float64
+	SockInUse    float64 // /proc/net/sockstat TCP inuse (host-wide)
+	KernelTCPMm  float64 // /proc/net/sockstat TCP mem, bytes (host-wide)
 }
 
 var sampleFields = map[string]func(*Sample) *float64{
@@ -73,6 +75,7 @@ func Scrape(adminURL string) (Sample, error) {
 		return s, fmt.Errorf("scrape %s: %w", adminURL, err)
 	}
 	s.KernelSlab = meminfoBytes("Slab")
+	s.MemAvailable = meminfoBytes("MemAvailable")
 	s.SockInUse, s.KernelTCPMm = sockstatTCP()
 	return s, nil
 }

@@ -54,6 +54,8 @@ type wsClient struct {
 	closeSent bool // a close frame has gone out: nothing more may (guarded by wmu)
 
 	closeCode frame.CloseCode // the server's close code, once it sent one
+
+	pong chan struct{} // if set, each pong received is signalled here (without blocking)
 }
 
 func newWSClient(conn *net.TCPConn) *wsClient {
@@ -122,6 +124,13 @@ func (c *wsClient) readMessage() (frame.OpCode, []byte, error) {
 			switch h.OpCode {
 			case frame.OpPing:
 				_ = c.write(frame.OpPong, p, time.Second)
+			case frame.OpPong:
+				if c.pong != nil {
+					select {
+					case c.pong <- struct{}{}:
+					default:
+					}
+				}
 			case frame.OpClose:
 				code, _, _ := frame.ParseClose(p)
 				c.closeCode = code

@@ -59,9 +59,9 @@ import (
 	"flag"
 	"fmt"
 	"net"
-	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -80,7 +80,7 @@ func main() {
 		stop() // the first signal stops the run cleanly; a second one kills at once
 	}()
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: wsbench idle|slow|broadcast|connect|tokens|soak|storm [flags]   (wsbench idle -h, … for the flags)\n       wsbench broadcast-summary RESULT.json…")
+		fmt.Fprintln(os.Stderr, "usage: wsbench idle|slow|broadcast|connect|tokens|soak|storm|servers [flags]   (wsbench idle -h, … for the flags)\n       wsbench broadcast-summary RESULT.json…")
 		os.Exit(2)
 	}
 	var err error
@@ -101,6 +101,8 @@ func main() {
 		err = soak(ctx, os.Args[2:])
 	case "storm":
 		err = storm(ctx, os.Args[2:])
+	case "servers":
+		err = servers(ctx, os.Args[2:])
 	case "storm-worker":
 		err = bench.RunStormWorkerArgs(os.Args[2:], os.Stdout, os.Stdin) // ends when the coordinator closes its stdin
 	case "idle-worker":
@@ -108,7 +110,7 @@ func main() {
 	case "broadcast-worker":
 		err = broadcastWorker(ctx, os.Args[2:])
 	default:
-		fmt.Fprintf(os.Stderr, "wsbench: unknown command %q (want idle, slow, broadcast, broadcast-summary, connect, tokens, soak or storm)\n", os.Args[1])
+		fmt.Fprintf(os.Stderr, "wsbench: unknown command %q (want idle, slow, broadcast, broadcast-summary, connect, tokens, soak, storm or servers)\n", os.Args[1])
 		os.Exit(2)
 	}
 	if errors.Is(err, flag.ErrHelp) {
@@ -123,33 +125,104 @@ func main() {
 func idle(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("wsbench idle", flag.ContinueOnError)
 	var o bench.IdleOptions
-	var source, jsonOut string
-	fs.StringVar(&o.URL, "url", "ws://127.0.0.1:8080/ws", "WebSocket URL of the running wsd")
-	fs.StringVar(&o.Admin, "admin", "http://127.0.0.1:9090", "admin URL of the running wsd (its /metrics is read)")
+	var source, jsonOut, plotOut, admins string
+	fs.StringVar(&o.URL, "url", "ws://127.0.0.1:8080/ws", "WebSocket URL of the running wsd (one process, or several sharing the port with --reuse-port)")
+	fs.StringVar(&admins, "admin", "http://127.0.0.1:9090", "admin URL of each server process, comma-separated (their /metrics are read and summed)")
 	fs.IntVar(&o.N, "n", 19000, "connections to open")
-	fs.IntVar(&o.PerProcess, "per-process", 10000, "connections per client process (each process needs one file descriptor per connection)")
+	fs.IntVar(&o.PerProcess, "per-process", defaultPerProcess(), "connections per client process (each needs one file descriptor per connection; default: this process's open-file limit less 2,000)")
 	fs.StringVar(&source, "source", "127.0.0.2", "source address of the first client process; process i uses this address + i")
 	fs.IntVar(&o.Concurrency, "concurrency", 32, "handshakes in flight per client process")
 	fs.IntVar(&o.Loops, "loops", 1, "event loops per client process")
-	fs.DurationVar(&o.Settle, "settle", 15*time.Second, "wait after the last connection opens before measuring memory")
-	fs.DurationVar(&o.Hold, "hold", 60*time.Second, "then hold the connections this long, measuring the server's idle CPU")
-	fs.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "give up if the connections are not all open by then")
+	fs.DurationVar(&o.Settle, "settle", 0, "wait after the last connection opens before measuring memory (0: 2 s + 1 s per 20,000 connections, at most 15 s)")
+	fs.DurationVar(&o.Hold, "hold", 0, "then hold the connections this long, measuring the server's idle CPU (0: 1 s per 300 connections, 5 s to 60 s)")
+	fs.DurationVar(&o.Timeout, "timeout", 0, "give up if the connections are not all open by then (0: 2 min + 1 s per 2,000 connections)")
+	fs.Int64Var(&o.MaxFailed, "max-failed", 0, "dials or handshakes that may fail before the run gives up")
+	fs.BoolVar(&o.NoPingCheck, "no-ping-check", false, "skip the final check that every connection answers a ping")
+	fs.DurationVar(&o.Interval, "interval", 0, "sample period for the progress line, the curve and the plot (0: 1 s; 2 s with more than 8 servers)")
 	fs.StringVar(&o.Subscribe, "subscribe", "", "subscribe each connection to this channel (wsd's JSON protocol) before it idles")
-	fs.StringVar(&jsonOut, "json", "", "also write the result as JSON to this file")
+	fs.StringVar(&jsonOut, "json", "", "also write the result, with its samples, as JSON to this file")
+	fs.StringVar(&plotOut, "plot", "", "also draw memory per connection and the probe's ping RTT against connections held to this .png or .svg file")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	o.Source = net.ParseIP(source)
 	if o.Source == nil || o.N < 1 || o.PerProcess < 1 || o.Concurrency < 1 {
 		return fmt.Errorf("bad flags: -n, -per-process and -concurrency must be positive and -source an IP address")
 	}
+	for _, a := range strings.Split(admins, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			o.Admins = append(o.Admins, a)
+		}
+	}
 	o.Progress = os.Stderr
+	o.Terminal = isTerminal(os.Stderr)
 	r, err := bench.RunIdle(ctx, o)
 	if err != nil {
 		return err
 	}
 	r.Print(os.Stdout)
-	return writeJSON(jsonOut, r)
+	if err := writeJSON(jsonOut, r); err != nil {
+		return err
+	}
+	if plotOut != "" {
+		if err := bench.WriteIdlePlot(plotOut, r); err != nil {
+			return err
+		}
+		fmt.Printf("plot                             %s\n", plotOut)
+	}
+	if v := r.Verdict(); v != "" {
+		return errors.New(v)
+	}
+	return nil
+}
+
+// defaultPerProcess leaves 2,000 of the open-file limit to the process's
+// own needs and the dup each enrolled connection briefly takes.
+func defaultPerProcess() int {
+	var rl unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) != nil || rl.Cur < 4000 {
+		return 1000
+	}
+	return int(min(rl.Cur-2000, 100000))
+}
+
+func servers(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("wsbench servers", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: wsbench servers -k K [flags] [-- wsd flags]\n\nStarts K wsd processes sharing one port (--reuse-port), each with its own admin port,\nwaits until all are ready, serves their summed /metrics, and drains them all on SIGINT/SIGTERM.\n\nFlags:")
+		fs.PrintDefaults()
+	}
+	var o bench.ServersOptions
+	self, _ := os.Executable()
+	fs.IntVar(&o.K, "k", 2, "wsd processes")
+	fs.StringVar(&o.Wsd, "wsd", filepath.Join(filepath.Dir(self), "wsd"), "the wsd binary")
+	fs.StringVar(&o.Listen, "listen", ":8080", "the WebSocket address they share")
+	fs.StringVar(&o.AdminHost, "admin-host", "127.0.0.1", "host of every admin listener")
+	fs.IntVar(&o.AdminBase, "admin-base", 9100, "process i's admin port is this + i")
+	fs.StringVar(&o.Aggregate, "aggregate", "127.0.0.1:9090", "serve the processes' summed /metrics and /readyz here (empty: off)")
+	fs.StringVar(&o.NodePrefix, "node-prefix", "wsd", "process i runs with --node-id PREFIX-i")
+	fs.StringVar(&o.LogDir, "logs", filepath.Join(os.TempDir(), "wsd-servers"), "process i writes its log to DIR/wsd-i.log")
+	fs.DurationVar(&o.Stop, "stop-timeout", 30*time.Second, "after SIGTERM, how long to wait for the drains before SIGKILL")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	o.Args = fs.Args()
+	s, err := bench.StartServers(ctx, o)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("ready: %d wsd processes on %s, pids %v\n", o.K, o.Listen, s.PIDs)
+	fmt.Printf("admin: %s\n", strings.Join(s.Admins, ","))
+	if o.Aggregate != "" {
+		fmt.Printf("aggregate: http://%s/metrics\n", o.Aggregate)
+	}
+	werr := s.Wait(ctx)
+	fmt.Println("stopping: SIGTERM to every process (each drains)")
+	serr := s.Stop()
+	return errors.Join(werr, serr)
 }
 
 func slow(ctx context.Context, args []string) error {
@@ -223,22 +296,7 @@ func isTerminal(f *os.File) bool {
 }
 
 func idleWorker(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("wsbench idle-worker", flag.ContinueOnError)
-	rawURL := fs.String("url", "", "")
-	n := fs.Int("n", 0, "")
-	source := fs.String("source", "", "")
-	concurrency := fs.Int("concurrency", 32, "")
-	loops := fs.Int("loops", 1, "")
-	subscribe := fs.String("subscribe", "", "")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	u, err := url.Parse(*rawURL)
-	if err != nil {
-		return err
-	}
-	path := u.RequestURI()
-	return bench.RunIdleWorker(ctx, u.Host, path, *n, net.ParseIP(*source), *concurrency, *loops, *subscribe, os.Stdout, os.Stdin)
+	return bench.IdleWorkerMain(ctx, args, os.Stdout, os.Stdin)
 }
 
 func broadcast(ctx context.Context, args []string) error {

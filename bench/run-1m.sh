@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# bench/run-1m.sh: hold N idle WebSocket connections (default 1,000,000) on
+# this host for HOLD, check that every one answers a ping at the end, and
+# report what they cost: server user space and kernel bytes per
+# connection, the ramp, and a plot.
+#
+# Layout: K wsd processes share one port (--reuse-port; `wsbench
+# servers`), each holding about PER_SERVER connections, so no process needs
+# more file descriptors than a default-tuned host gives it; the clients are
+# ceil(N / PER_CLIENT) event-driven processes, process i dialing from
+# SOURCE + i (127.0.0.2, .3, …: one ephemeral port range each).
+#
+#   bench/run-1m.sh                    # N=1000000; checks the host first with `wsd doctor`
+#   TUNE=1 bench/run-1m.sh             # as root: apply sysctl/99-wsd.conf first (sysctl/apply --apply)
+#   N=100000 HOLD=30s bench/run-1m.sh  # smaller
+#
+# Settings (environment): N, PER_SERVER (17000), PER_CLIENT (18000), K
+# (ceil(N/PER_SERVER)), LISTEN (127.0.0.1:8080), ADMIN_BASE (9100: process
+# i's admin port is ADMIN_BASE+i), SOURCE (127.0.0.2), HOLD (60s), LOOPS
+# (event loops per wsd process, 1), OUT (bench/out/1m-DATE), TUNE (0),
+# FORCE (1: run even when the doctor says the host is not ready).
+#
+# Everything it starts is stopped by PID when it ends (the wsd processes
+# also die with their supervisor); the run is bounded by wsbench idle's
+# -timeout (2 min + 1 s per 2,000 connections).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+N=${N:-1000000}
+PER_SERVER=${PER_SERVER:-17000}
+PER_CLIENT=${PER_CLIENT:-18000}
+K=${K:-$(((N + PER_SERVER - 1) / PER_SERVER))}
+LISTEN=${LISTEN:-127.0.0.1:8080}
+ADMIN_BASE=${ADMIN_BASE:-9100}
+SOURCE=${SOURCE:-127.0.0.2}
+HOLD=${HOLD:-60s}
+LOOPS=${LOOPS:-1}
+TUNE=${TUNE:-0}
+FORCE=${FORCE:-0}
+OUT=${OUT:-bench/out/1m-$(date -u +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+
+echo "== build"
+make -s build
+
+if [ "$TUNE" = 1 ]; then
+	echo "== tune the host: sysctl/apply --apply (sysctl/apply --revert undoes it)"
+	sysctl/apply --apply | tee "$OUT/sysctl-apply.txt"
+fi
+
+echo "== check the host: wsd doctor --conns $N --procs $K --local-clients"
+if ! bin/wsd doctor --conns "$N" --procs "$K" --local-clients | tee "$OUT/doctor.txt"; then
+	if [ "$FORCE" != 1 ]; then
+		echo "run-1m: the host is not ready for $N connections (see above; TUNE=1 applies sysctl/, FORCE=1 runs anyway)" >&2
+		exit 1
+	fi
+	echo "run-1m: FORCE=1: running anyway"
+fi
+
+admins=""
+for ((i = 0; i < K; i++)); do
+	admins+="${admins:+,}http://127.0.0.1:$((ADMIN_BASE + i))"
+done
+
+echo "== start $K wsd processes on $LISTEN (logs in $OUT/servers)"
+bin/wsbench servers -k "$K" -listen "$LISTEN" -admin-base "$ADMIN_BASE" -aggregate "" -logs "$OUT/servers" \
+	-- --loops "$LOOPS" --pprof --log-level warn >"$OUT/servers.txt" 2>&1 &
+servers=$!
+stop_servers() {
+	if kill -0 "$servers" 2>/dev/null; then
+		kill -TERM "$servers" 2>/dev/null || true
+		wait "$servers" 2>/dev/null || true
+	fi
+}
+trap stop_servers EXIT
+for ((t = 0; t < 600; t++)); do
+	grep -q '^ready:' "$OUT/servers.txt" && break
+	if ! kill -0 "$servers" 2>/dev/null; then
+		cat "$OUT/servers.txt" >&2
+		exit 1
+	fi
+	sleep 0.2
+done
+grep '^ready:' "$OUT/servers.txt" || { echo "run-1m: the servers did not become ready" >&2; exit 1; }
+
+echo "== $N idle connections from $(((N + PER_CLIENT - 1) / PER_CLIENT)) client processes, held $HOLD"
+status=0
+bin/wsbench idle -url "ws://$LISTEN/ws" -admin "$admins" -n "$N" -per-process "$PER_CLIENT" -source "$SOURCE" \
+	-hold "$HOLD" -json "$OUT/idle.json" -plot "$OUT/idle.png" | tee "$OUT/idle.txt" || status=$?
+
+echo "== stop the servers (each drains)"
+stop_servers
+trap - EXIT
+cat "$OUT/servers.txt"
+echo "results: $OUT/idle.txt, $OUT/idle.json, $OUT/idle.png"
+exit "$status"
