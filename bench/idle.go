@@ -181,7 +181,7 @@ func ScrapeAll(admins []string) (Sample, error) {
 	}
 	s.At = time.Now()
 	s.KernelSlab = meminfoBytes("Slab")
-	s.MemAvailable = meminfoBytes("MemAvailable")
+	s.MemFree = meminfoBytes("MemFree")
 	s.SockInUse, s.KernelTCPMm = sockstatTCP()
 	return s, nil
 }
@@ -484,7 +484,7 @@ func RunIdle(ctx context.Context, o IdleOptions) (*IdleResult, error) {
 	res.HeapLivePerConn = per(settled.HeapLive, before.HeapLive)
 	res.SlabPerConn = per(settled.KernelSlab, before.KernelSlab)
 	res.SockBufPerConn = per(settled.KernelTCPMm, before.KernelTCPMm)
-	res.HostMemPerConn = per(before.MemAvailable, settled.MemAvailable)
+	res.HostMemPerConn = per(before.MemFree, settled.MemFree)
 	res.ClientRSS = clientRSS
 	res.ClientRSSPerConn = clientRSS / conns
 	res.ServerRSSBefore, res.ServerRSSAfter = before.RSS, settled.RSS
@@ -541,7 +541,7 @@ func (r *IdleResult) Print(w io.Writer) {
 	fmt.Fprintf(w, "kernel per conn                  %s slab for both ends (client and server sockets are on this host; the server's share is about half), %s of TCP buffers\n",
 		b(r.SlabPerConn), b(r.SockBufPerConn))
 	fmt.Fprintf(w, "client user space per conn       %s RSS (%s over the client processes, their runtimes included)\n", b(r.ClientRSSPerConn), mib(r.ClientRSS))
-	fmt.Fprintf(w, "host memory per conn, all in     %s (MemAvailable's fall: both ends, user and kernel)\n", b(r.HostMemPerConn))
+	fmt.Fprintf(w, "host memory per conn, all in     %s (MemFree's fall: both ends, user and kernel, and whatever else the host did meanwhile)\n", b(r.HostMemPerConn))
 	fmt.Fprintf(w, "server goroutines                %.0f\n", r.Goroutines)
 	fmt.Fprintf(w, "server CPU while idle            %.2f%% of one core over %.0f s (utime+stime; %.0f pings sent)\n", r.IdleCPUPercent, r.HoldSeconds, r.PingsDuringHold)
 	if r.PingCheck {

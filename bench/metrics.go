@@ -24,8 +24,11 @@ type Sample struct {
 	Pings      float64 // wsd_pings_sent_total
 	Goroutines float64 // go_goroutines
 	KernelSlab float64 // /proc/meminfo Slab, bytes (host-wide)
-	// MemAvailable is /proc/meminfo MemAvailable, bytes (host-wide).
-	MemAvailable float64
+	// MemFree is /proc/meminfo MemFree, bytes (host-wide). Not
+	// MemAvailable: that counts the sockets' reclaimable slab (their
+	// inodes and dentries) as available, which it is not while they
+	// are open.
+	MemFree float64
 	SockInUse    float64 // /proc/net/sockstat TCP inuse (host-wide)
 	KernelTCPMm  float64 // /proc/net/sockstat TCP mem, bytes (host-wide)
 }
@@ -75,7 +78,7 @@ func Scrape(adminURL string) (Sample, error) {
 		return s, fmt.Errorf("scrape %s: %w", adminURL, err)
 	}
 	s.KernelSlab = meminfoBytes("Slab")
-	s.MemAvailable = meminfoBytes("MemAvailable")
+	s.MemFree = meminfoBytes("MemFree")
 	s.SockInUse, s.KernelTCPMm = sockstatTCP()
 	return s, nil
 }
