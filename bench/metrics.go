@@ -28,9 +28,9 @@ type Sample struct {
 	// MemAvailable: that counts the sockets' reclaimable slab (their
 	// inodes and dentries) as available, which it is not while they
 	// are open.
-	MemFree float64
-	SockInUse    float64 // /proc/net/sockstat TCP inuse (host-wide)
-	KernelTCPMm  float64 // /proc/net/sockstat TCP mem, bytes (host-wide)
+	MemFree     float64
+	SockInUse   float64 // /proc/net/sockstat TCP inuse (host-wide)
+	KernelTCPMm float64 // /proc/net/sockstat TCP mem, bytes (host-wide)
 }
 
 var sampleFields = map[string]func(*Sample) *float64{
