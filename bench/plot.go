@@ -133,5 +133,14 @@ func addLines(p *plot.Plot, lines ...line) error {
 		p.Legend.Add(ln.name, l, pts)
 	}
 	p.Legend.Top = true
+	// Headroom over the highest point, so that the legend does not hide
+	// the lines.
+	top := 0.0
+	for _, ln := range lines {
+		for _, xy := range ln.xys {
+			top = max(top, xy.Y)
+		}
+	}
+	p.Y.Max = top * 1.35
 	return nil
 }
