@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -68,8 +69,15 @@ func (u unitFile) one(t *testing.T, section, key string) string {
 // returns the configuration it would run with.
 func effectiveConfig(t *testing.T, args ...string) map[string]any {
 	t.Helper()
-	cmd := exec.Command(wsdproc.Binary(t), append(args, "--print-config")...)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH")} // no WSD_* from the test's environment
+	return effectiveConfigEnv(t, nil, args...)
+}
+
+// effectiveConfigEnv is effectiveConfig with env (KEY=VALUE) set, and no
+// other WSD_* variable.
+func effectiveConfigEnv(t *testing.T, env []string, args ...string) map[string]any {
+	t.Helper()
+	cmd := exec.Command(wsdproc.Binary(t), append(slices.Clone(args), "--print-config")...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
