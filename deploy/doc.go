@@ -15,6 +15,6 @@
 // types, run every configuration through the real wsd's --print-config, and
 // run sysctl/apply against a fake /proc/sys. Each test that needs a tool
 // (promtool from the Debian package prometheus, haproxy, nginx,
-// systemd-analyze, nft from nftables) is skipped, naming the package, when
+// systemd-analyze, nft from nftables, shellcheck) is skipped, naming the package, when
 // it is not installed.
 package deploy

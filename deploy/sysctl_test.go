@@ -476,3 +476,14 @@ func mustRead(t *testing.T, p string) []byte {
 	}
 	return b
 }
+
+// shellcheck finds nothing in sysctl/apply.
+func TestSysctlApplyShellcheck(t *testing.T) {
+	sc, err := exec.LookPath("shellcheck")
+	if err != nil {
+		t.Skip("shellcheck not found in PATH: install the Debian package shellcheck to lint sysctl/apply")
+	}
+	if out, err := exec.Command(sc, filepath.Join(root(t), sysctlApply)).CombinedOutput(); err != nil {
+		t.Errorf("shellcheck %s: %v\n%s", sysctlApply, err, out)
+	}
+}
