@@ -529,6 +529,10 @@ func writeConfig(w io.Writer, attrs []slog.Attr) {
 // settings line without anyone having to remember it; masking a key file's
 // path too is the cheaper mistake.
 func isSecret(name string) bool {
+	switch name {
+	case "token-cache", "token-cookie": // a count and a cookie's name: no credential
+		return false
+	}
 	for _, w := range []string{"secret", "password", "token", "key", "credential"} {
 		if strings.Contains(name, w) {
 			return true

@@ -631,8 +631,10 @@ func TestPrintConfig(t *testing.T) {
 		return out.String()
 	}
 	first := print("--api-key", "hunter2", "--trusted-proxies", "10.0.0.0/8, 192.0.2.1", "--max-messages-per-sec", "50",
-		"--allowed-origins", "https://*.example.com", "--namespace", "room:presence")
+		"--allowed-origins", "https://*.example.com", "--namespace", "room:presence",
+		"--token-cache", "500", "--token-cookie", "wsd_token")
 	for _, want := range []string{
+		"token-cache = 500\n", `token-cookie = "wsd_token"` + "\n", // named like secrets, but not: kept for the read-back
 		"max-messages-per-sec = 50\n", "message-burst = 100\n", // the effective burst, not the 0 that means "default"
 		`trusted-proxies = "10.0.0.0/8,192.0.2.1/32"` + "\n", `ping-interval = "30s"` + "\n",
 		"# api-key = (set; masked)\n",
