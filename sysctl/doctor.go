@@ -451,12 +451,13 @@ func ceilDiv(a, b int64) int64 {
 
 func itoa(v int64) string { return fmt.Sprint(v) }
 
-// Bytes writes b in B, KiB, MiB or GiB, one decimal above KiB.
+// Bytes writes b in B (below 2 KiB), KiB, MiB or GiB, with a decimal in KiB
+// and GiB.
 func Bytes(b int64) string {
 	switch {
 	case b < 0:
 		return "?"
-	case b < 1024:
+	case b < 2048:
 		return fmt.Sprintf("%d B", b)
 	case b < 1<<20:
 		s := fmt.Sprintf("%.1f KiB", float64(b)/(1<<10))
