@@ -75,6 +75,15 @@ func TestReadHostFixture(t *testing.T) {
 	if h.CgroupLimit != 4<<30 || h.CgroupUsage != 1<<30 || h.Available() != 3<<30 {
 		t.Errorf("cgroup v2: limit %d usage %d available %d", h.CgroupLimit, h.CgroupUsage, h.Available())
 	}
+	if h.CgroupPath != "/sys/fs/cgroup" {
+		t.Errorf("cgroup v2 path %q", h.CgroupPath)
+	}
+	// The process's own cgroup (2 GiB, 512 MiB used) binds tighter than
+	// its parent (8 GiB, 1 GiB used) and the unlimited root.
+	h = readFixture(t, "cgroup-v1-nested")
+	if h.CgroupLimit != 2<<30 || h.CgroupUsage != 512<<20 || h.Available() != 1536<<20 || h.CgroupPath != "/sys/fs/cgroup/memory/svc/wsd" {
+		t.Errorf("cgroup v1 nested: limit %d usage %d available %d path %q", h.CgroupLimit, h.CgroupUsage, h.Available(), h.CgroupPath)
+	}
 	h = readFixture(t, "cgroup-v1-unlimited")
 	if h.CgroupLimit != Unknown || h.Available() != 32<<30 {
 		t.Errorf("cgroup v1 without a limit: limit %d available %d", h.CgroupLimit, h.Available())
@@ -112,6 +121,7 @@ func TestCheckFixtures(t *testing.T) {
 		{"memory", million, []string{"FAIL memory 4.0 GiB available | ≥ 4.7 GiB"}, "about 841994 fit"},
 		{"memory-tight", million, []string{"WARN memory 5.7 GiB available | ≥ 4.7 GiB"}, "leave headroom"},
 		{"cgroup-v2", million, []string{"FAIL memory 3.0 GiB left in cgroup | ≥ 4.7 GiB"}, "about 630877 fit"},
+		{"cgroup-v1-nested", million, []string{"FAIL memory 1.5 GiB left in cgroup | ≥ 4.7 GiB"}, "about 314201 fit"},
 		{"cgroup-v1-unlimited", million, nil, ""},
 		{"conntrack-tracking", million, []string{"FAIL net.netfilter.nf_conntrack_max 262144 | ≥ 1001200"},
 			"sysctl/apply --apply (sets net.netfilter.nf_conntrack_max to 2097152)"},

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -51,8 +52,10 @@ type Host struct {
 	MemTotal, MemAvailable int64 // bytes, /proc/meminfo
 	// CgroupLimit is the memory cgroup's limit in bytes (memory.max, or
 	// memory.limit_in_bytes on cgroup v1), Unknown when there is none;
-	// CgroupUsage is its usage now, Unknown if not read.
+	// CgroupUsage is its usage now, Unknown if not read; CgroupPath is
+	// the cgroup's directory, e.g. /sys/fs/cgroup/system.slice/wsd.service.
 	CgroupLimit, CgroupUsage int64
+	CgroupPath               string
 
 	CPUs int64 // cpuN lines in /proc/stat
 
@@ -91,7 +94,7 @@ func ReadHost(root string) (Host, error) {
 	h.PidMax = r.int("proc/sys/kernel/pid_max")
 	h.ThreadsMax = r.int("proc/sys/kernel/threads-max")
 	h.MemTotal, h.MemAvailable = r.meminfo()
-	h.CgroupLimit, h.CgroupUsage = r.cgroup()
+	h.CgroupLimit, h.CgroupUsage, h.CgroupPath = r.cgroup()
 	h.CPUs = r.cpus()
 	h.Missing = r.missing
 	return h, nil
@@ -224,34 +227,67 @@ func (r *reader) meminfo() (total, avail int64) {
 	return
 }
 
-// cgroup reads the memory limit and usage of the cgroup mounted at
-// sys/fs/cgroup: v2 (memory.max, memory.current) or v1
-// (memory/memory.limit_in_bytes, memory/memory.usage_in_bytes). "max" or
-// a v1 limit near 2^63 is no limit. Its absence is not worth a note in
-// Missing: most hosts have no limit.
-func (r *reader) cgroup() (limit, usage int64) {
-	for _, p := range [][2]string{
-		{"sys/fs/cgroup/memory.max", "sys/fs/cgroup/memory.current"},
-		{"sys/fs/cgroup/memory/memory.limit_in_bytes", "sys/fs/cgroup/memory/memory.usage_in_bytes"},
-	} {
-		b, err := os.ReadFile(filepath.Join(r.root, p[0]))
-		if err != nil {
-			continue
-		}
-		s := strings.TrimSpace(string(b))
-		v, err := strconv.ParseInt(s, 10, 64)
-		if s == "max" || err != nil || v >= 1<<62 {
-			return Unknown, Unknown
-		}
-		usage := int64(Unknown)
-		if b, err := os.ReadFile(filepath.Join(r.root, p[1])); err == nil {
-			if u, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil {
-				usage = u
+// cgroup reads the memory limit and usage of this process's memory
+// cgroup, its path taken from proc/self/cgroup: cgroup v2 (memory.max,
+// memory.current under sys/fs/cgroup) or v1 (memory.limit_in_bytes,
+// memory.usage_in_bytes under sys/fs/cgroup/memory). It walks from the
+// cgroup up to the mount's root and keeps the limit leaving the least
+// memory: a parent's limit binds its children. "max", or a v1 limit near
+// 2^63, is no limit. Its absence is not noted in Missing: most hosts have
+// no limit.
+func (r *reader) cgroup() (limit, usage int64, path string) {
+	limit, usage, path = Unknown, Unknown, ""
+	v1, v2 := "/", "/"
+	if b, err := os.ReadFile(filepath.Join(r.root, "proc/self/cgroup")); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.SplitN(line, ":", 3)
+			if len(f) != 3 {
+				continue
+			}
+			switch {
+			case f[0] == "0" && f[1] == "":
+				v2 = f[2]
+			case slices.Contains(strings.Split(f[1], ","), "memory"):
+				v1 = f[2]
 			}
 		}
-		return v, usage
 	}
-	return Unknown, Unknown
+	left := int64(1<<63 - 1)
+	for _, h := range []struct{ mount, dir, limit, usage string }{
+		{"sys/fs/cgroup", v2, "memory.max", "memory.current"},
+		{"sys/fs/cgroup/memory", v1, "memory.limit_in_bytes", "memory.usage_in_bytes"},
+	} {
+		for dir := filepath.Clean("/" + h.dir); ; dir = filepath.Dir(dir) {
+			d := filepath.Join(r.root, h.mount, dir)
+			if l, ok := readLimit(filepath.Join(d, h.limit)); ok {
+				u, ok := readLimit(filepath.Join(d, h.usage))
+				if !ok {
+					u = Unknown
+				}
+				if l-max(u, 0) < left {
+					left = l - max(u, 0)
+					limit, usage, path = l, u, filepath.Join("/", h.mount, dir)
+				}
+			}
+			if dir == "/" {
+				break
+			}
+		}
+	}
+	return limit, usage, path
+}
+
+// readLimit reads a cgroup's byte count; false if absent or no limit.
+func readLimit(file string) (int64, bool) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 0, false
+	}
+	v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil || v >= 1<<62 {
+		return 0, false
+	}
+	return v, true
 }
 
 // cpus counts the cpuN lines of proc/stat: the CPUs online.

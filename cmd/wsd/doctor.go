@@ -127,6 +127,9 @@ func writeDoctor(w io.Writer, h sysctl.Host, p sysctl.Plan, findings []sysctl.Fi
 		sysctl.Bytes(sysctl.ClientBytesPerConn), sysctl.Bytes(sysctl.ProcessBaseBytes))
 	fmt.Fprintln(w, "not seen from here: limits of whatever starts wsd (a systemd unit's LimitNOFILE=, another container's),")
 	fmt.Fprintln(w, "  firewall rules that would make conntrack track, memory other programs will take, NIC and load balancer limits")
+	if h.CgroupLimit != sysctl.Unknown {
+		fmt.Fprintf(w, "memory cgroup %s: limit %s, %s used (page cache included)\n", h.CgroupPath, sysctl.Bytes(h.CgroupLimit), sysctl.Bytes(h.CgroupUsage))
+	}
 	if len(h.Missing) > 0 {
 		fmt.Fprintf(w, "could not read: %s\n", strings.Join(h.Missing, ", "))
 	}
