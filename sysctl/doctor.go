@@ -44,6 +44,9 @@ const (
 	PortRangeMin = 10000
 	// PageBytes is the size of the pages tcp_mem counts in.
 	PageBytes = 4096
+	// MaxConns is the most connections a plan may ask about (the
+	// estimates stay far from overflowing).
+	MaxConns = 1_000_000_000
 	// MemoryWarnFraction: more than this share of the available memory
 	// needed is a warning.
 	MemoryWarnFraction = 0.8
@@ -123,6 +126,9 @@ type Plan struct {
 func (p Plan) Validate() error {
 	if p.Conns < 1 {
 		return fmt.Errorf("--conns %d: want 1 or more connections", p.Conns)
+	}
+	if p.Conns > MaxConns {
+		return fmt.Errorf("--conns %d: at most %d", p.Conns, MaxConns)
 	}
 	if p.Procs < 1 {
 		return fmt.Errorf("--procs %d: want 1 or more wsd processes", p.Procs)
@@ -237,10 +243,10 @@ func Check(h Host, p Plan) []Finding {
 		// Said above.
 	case h.NofileSoft < need:
 		add(Finding{OK, "RLIMIT_NOFILE soft", itoa(h.NofileSoft), fmt.Sprintf("≥ %d per process", need),
-			fmt.Sprintf("below the need, but wsd's is its hard limit (%d): the Go runtime raises the soft limit to the hard one at start (wsd itself does not call setrlimit), and --max-conns defaults to it minus %d", h.NofileHard, FDReserve), ""})
+			fmt.Sprintf("below the need, but wsd's is its hard limit (%d): the Go runtime raises the soft limit to the hard one at start (wsd itself does not call setrlimit); --max-conns defaults to it minus %d, and if set must be ≥ %d", h.NofileHard, FDReserve, p.PerProc()), ""})
 	default:
 		add(Finding{OK, "RLIMIT_NOFILE soft", itoa(h.NofileSoft), fmt.Sprintf("≥ %d per process", need),
-			fmt.Sprintf("wsd's --max-conns defaults to it minus %d (the Go runtime raises it to the hard limit at start)", FDReserve), ""})
+			fmt.Sprintf("wsd's --max-conns defaults to it minus %d, and if set must be ≥ %d (the Go runtime raises the soft limit to the hard one at start; wsd does not call setrlimit)", FDReserve, p.PerProc()), ""})
 	}
 	if p.LocalClients && h.NofileHard != Unknown && h.NofileHard > FDReserve {
 		cp := ceilDiv(n, h.NofileHard-FDReserve)

@@ -215,7 +215,7 @@ func TestCheckOKLines(t *testing.T) {
 }
 
 func TestPlanValidate(t *testing.T) {
-	for _, p := range []Plan{{0, 1, false}, {-5, 1, false}, {10, 0, false}, {10, 11, false}} {
+	for _, p := range []Plan{{0, 1, false}, {-5, 1, false}, {10, 0, false}, {10, 11, false}, {MaxConns + 1, 1, false}} {
 		if p.Validate() == nil {
 			t.Errorf("%+v: valid", p)
 		}
