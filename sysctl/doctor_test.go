@@ -313,3 +313,27 @@ func TestCheckLiveHost(t *testing.T) {
 		}
 	}
 }
+
+// The fix hints quote the profile; once sysctl/99-wsd.conf is here, they
+// must quote what it sets.
+func TestProfileMatchesConf(t *testing.T) {
+	b, err := os.ReadFile("99-wsd.conf")
+	if err != nil {
+		t.Skipf("no profile to compare with: %v", err)
+	}
+	conf := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || line[0] == '#' || line[0] == ';' {
+			continue
+		}
+		if k, v, ok := strings.Cut(line, "="); ok {
+			conf[strings.TrimSpace(k)] = strings.Join(strings.Fields(v), " ")
+		}
+	}
+	for k, v := range Profile {
+		if got, ok := conf[k]; ok && got != v {
+			t.Errorf("%s: the fix hints say %q, 99-wsd.conf sets %q", k, v, got)
+		}
+	}
+}
