@@ -227,7 +227,7 @@ func Check(h Host, p Plan) []Finding {
 	case h.NofileHard == Unknown:
 		add(unread("RLIMIT_NOFILE hard", "proc/self/limits"))
 	case h.NofileHard < need:
-		fix := fmt.Sprintf("raise the hard limit to ≥ %d (systemd LimitNOFILE=%d; nofile in /etc/security/limits.conf; at most fs.nr_open)", need, need)
+		fix := fmt.Sprintf("raise the hard limit to ≥ %d, at most fs.nr_open (LimitNOFILE= in the unit: deploy/systemd/wsd.service sets it, sysctl/wsd-limits.conf is a drop-in for others; sysctl/limits.conf for login sessions)", need)
 		if h.NofileHard > FDReserve {
 			minK := ceilDiv(n, h.NofileHard-FDReserve)
 			fix += fmt.Sprintf(", or run --procs %d wsd processes with --reuse-port (each then holds %d connections)", minK, ceilDiv(n, minK))
@@ -361,11 +361,11 @@ func Check(h Host, p Plan) []Finding {
 	case h.ConntrackCount == 0 && h.ConntrackMax < n:
 		add(Finding{WARN, ctKey, itoa(h.ConntrackMax), fmt.Sprintf("≥ %d", n),
 			fmt.Sprintf("conntrack is loaded but tracking nothing now (nf_conntrack_count 0): a firewall rule that matches these connections (state/conntrack match, NAT, Docker) would track every one, and past %d the kernel drops new connections (\"nf_conntrack: table full, dropping packet\")", h.ConntrackMax),
-			applyHint(ctKey) + ", or exempt the port (iptables -t raw … -j NOTRACK)"})
+			applyHint(ctKey) + ", or exempt wsd's port: nft -f sysctl/notrack.nft (not where the port is reached through DNAT)"})
 	case h.ConntrackCount > 0 && h.ConntrackMax < n+h.ConntrackCount:
 		add(Finding{FAIL, ctKey, itoa(h.ConntrackMax), fmt.Sprintf("≥ %d", n+h.ConntrackCount),
 			fmt.Sprintf("conntrack is tracking connections now (nf_conntrack_count %d): each of %d more is an entry, and past %d the kernel drops new connections (\"nf_conntrack: table full, dropping packet\")", h.ConntrackCount, n, h.ConntrackMax),
-			applyHint(ctKey) + ", or exempt the port (iptables -t raw … -j NOTRACK)"})
+			applyHint(ctKey) + ", or exempt wsd's port: nft -f sysctl/notrack.nft (not where the port is reached through DNAT)"})
 	default:
 		add(Finding{OK, ctKey, itoa(h.ConntrackMax), fmt.Sprintf("≥ %d", n+max(h.ConntrackCount, 0)),
 			fmt.Sprintf("conntrack is loaded (nf_conntrack_count %d); the table fits every connection", h.ConntrackCount), ""})
