@@ -63,6 +63,7 @@ var Profile = map[string]string{
 	"net.ipv4.ip_local_port_range":   "1024 65535",
 	"net.netfilter.nf_conntrack_max": "2097152",
 	"net.ipv4.tcp_mem":               "1572864 2097152 3145728",
+	"net.ipv4.tcp_tw_reuse":          "1",
 }
 
 // applyHint is the fix for a sysctl the profile sets.
@@ -418,7 +419,7 @@ func Check(h Host, p Plan) []Finding {
 		what := "whether new outgoing connections may reuse a port in TIME_WAIT (0 no, 1 yes, 2 on loopback only); only clients' ports are in question"
 		if p.LocalClients && h.TCPTwReuse == 0 {
 			add(Finding{WARN, "net.ipv4.tcp_tw_reuse", "0", "1 or 2", what + ": local clients reconnecting in a storm wait 60 s for their ports",
-				"sysctl -w net.ipv4.tcp_tw_reuse=2"})
+				applyHint("net.ipv4.tcp_tw_reuse")})
 		} else {
 			add(Finding{OK, "net.ipv4.tcp_tw_reuse", itoa(h.TCPTwReuse), "any", what, ""})
 		}

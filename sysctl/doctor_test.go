@@ -143,7 +143,7 @@ func TestCheckFixtures(t *testing.T) {
 		{"tcp-mem", Plan{Conns: 300_000, Procs: 1}, nil, ""},
 		{"threads", million, []string{"FAIL kernel.threads-max 5 | ≥ 10"}, "sysctl -w kernel.threads-max=40"},
 		{"tw-reuse", million, nil, ""},
-		{"tw-reuse", local, []string{"WARN net.ipv4.tcp_tw_reuse 0 | 1 or 2"}, "sysctl -w net.ipv4.tcp_tw_reuse=2"},
+		{"tw-reuse", local, []string{"WARN net.ipv4.tcp_tw_reuse 0 | 1 or 2"}, "sysctl/apply --apply (sets net.ipv4.tcp_tw_reuse to 1)"},
 		{"unreadable", million, []string{"WARN fs.nr_open ? | ?"}, "run wsd doctor on the host itself"},
 	} {
 		name := fmt.Sprintf("%s/%d/%d/local=%v", c.fixture, c.plan.Conns, c.plan.Procs, c.plan.LocalClients)
