@@ -245,6 +245,8 @@ func usage(fs *flag.FlagSet, w io.Writer) {
 	})
 	// Not a setting (see wantsVersion), so not in the flag set.
 	fmt.Fprintf(w, "  --version\n        print the version, commit and Go version, and exit\n")
+	fmt.Fprintf(w, "\nCommands:\n  wsd doctor --conns N [--procs K] [--local-clients]\n"+
+		"        check this host's limits (rlimits, sysctls, memory, conntrack) for N connections and exit (wsd doctor -h)\n")
 }
 
 // parseConfig reads flags, environment and config file into a config. On

@@ -2,6 +2,7 @@
 //
 //	wsd [flags]          (wsd --help lists them with their WSD_* variables)
 //	wsd --version
+//	wsd doctor --conns N [--procs K] [--local-clients]   (is this host ready for N connections?)
 //
 // It serves the JSON protocol on /ws (channels, presence, history, JWT
 // authentication), an optional echo endpoint, and an admin HTTP server
@@ -51,6 +52,9 @@ func main() {
 // run is wsd's whole life; it returns the exit code. ready, if not nil,
 // receives the server once it listens (for tests).
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready func(*engine.Server, net.Addr)) int {
+	if len(args) > 0 && args[0] == "doctor" {
+		return runDoctor(args[1:], stdout, stderr)
+	}
 	if wantsVersion(args) {
 		fmt.Fprintln(stdout, versionLine(debug.ReadBuildInfo()))
 		return 0
