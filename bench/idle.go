@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -67,6 +68,7 @@ type IdleResult struct {
 	Servers     int   `json:"server_processes"`
 	Processes   int   `json:"client_processes"`
 	Failed      int64 `json:"failed"`
+	Retried     int64 `json:"retried"`
 	Dropped     int64 `json:"dropped"`
 	// FirstError is the first dial or handshake error a client process saw.
 	FirstError  string  `json:"first_error,omitempty"`
@@ -142,6 +144,7 @@ type workerReport struct {
 	Pings     int64  `json:"pings"`      // server pings answered
 	PingsSent int64  `json:"pings_sent"` // our check pings written
 	Pongs     int64  `json:"pongs"`      // their answers
+	Retried   int64  `json:"retried"`    // dials tried again after a failure
 	Done      bool   `json:"done"`       // every dial has returned
 	FirstErr  string `json:"first_err,omitempty"`
 	Err       string `json:"err,omitempty"` // the process cannot go on
@@ -243,7 +246,9 @@ func RunIdle(ctx context.Context, o IdleOptions) (*IdleResult, error) {
 	if o.Interval <= 0 {
 		o.Interval = time.Second
 		if len(o.Admins) > 8 {
-			o.Interval = 2 * time.Second
+			// A scrape costs each server a walk of its fd table: fewer
+			// of them when there are many servers with many fds.
+			o.Interval = 5 * time.Second
 		}
 	}
 	// The probe opens before the baseline, so that it is not counted.
@@ -271,14 +276,23 @@ func RunIdle(ctx context.Context, o IdleOptions) (*IdleResult, error) {
 		for _, in := range stdins {
 			in.Close() // workers exit when their stdin closes
 		}
+		// They close their connections at once, all together: give them
+		// one deadline, scaled with what they hold, then kill the rest.
+		deadline := time.After(15*time.Second + time.Duration(o.N)*time.Second/20000)
+		expired := false
 		for _, w := range workers {
 			done := make(chan struct{})
 			go func() { w.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(15 * time.Second):
-				w.Process.Kill()
+			if !expired {
+				select {
+				case <-done:
+					continue
+				case <-deadline:
+					expired = true
+				}
 			}
+			w.Process.Kill()
+			<-done
 		}
 	}()
 	res := &IdleResult{Servers: len(o.Admins), Processes: procs, HeapForcedGC: gcBefore}
@@ -326,6 +340,7 @@ func RunIdle(ctx context.Context, o IdleOptions) (*IdleResult, error) {
 			w.Pings += r.Pings
 			w.PingsSent += r.PingsSent
 			w.Pongs += r.Pongs
+			w.Retried += r.Retried
 			if w.FirstErr == "" {
 				w.FirstErr = r.FirstErr
 			}
@@ -363,8 +378,8 @@ func RunIdle(ctx context.Context, o IdleOptions) (*IdleResult, error) {
 		if n := len(res.Samples); n > 0 && !math.IsNaN(res.Samples[n-1].ProbeRTTMillis) {
 			rtt = fmt.Sprintf("%.1f ms", res.Samples[n-1].ProbeRTTMillis)
 		}
-		pl.progress(fmt.Sprintf("%-6s %6.1fs  connected %d/%d  failed %d  dropped %d  servers hold %.0f  rss %.0f MiB  probe %s",
-			phase, time.Since(start).Seconds(), t.Connected, o.N, t.Failed, t.Dropped,
+		pl.progress(fmt.Sprintf("%-6s %6.1fs  connected %d/%d  failed %d  retried %d  dropped %d  servers hold %.0f  rss %.0f MiB  probe %s",
+			phase, time.Since(start).Seconds(), t.Connected, o.N, t.Failed, t.Retried, t.Dropped,
 			lastServers.Open-before.Open, lastServers.RSS/(1<<20), rtt))
 	}
 	deadline := time.After(o.Timeout)
@@ -475,7 +490,7 @@ func RunIdle(ctx context.Context, o IdleOptions) (*IdleResult, error) {
 	per := func(a, b float64) float64 { return (a - b) / conns }
 	hold := after.At.Sub(settled.At).Seconds()
 	res.Connections = int(conns)
-	res.Failed, res.Dropped, res.FirstError = t.Failed, t.Dropped, t.FirstErr
+	res.Failed, res.Retried, res.Dropped, res.FirstError = t.Failed, t.Retried, t.Dropped, t.FirstErr
 	res.RampSeconds = ramp.Seconds()
 	res.RampRate = float64(t.Connected) / ramp.Seconds()
 	res.RSSBytesPerConn = per(settled.RSS, before.RSS)
@@ -525,8 +540,8 @@ func (r *IdleResult) Verdict() string {
 func (r *IdleResult) Print(w io.Writer) {
 	b := func(v float64) string { return fmt.Sprintf("%.0f B", v) }
 	mib := func(v float64) string { return fmt.Sprintf("%.1f MiB", v/(1<<20)) }
-	fmt.Fprintf(w, "idle connections                 %d on %d server process(es), from %d client processes (%d failed, %d dropped)\n",
-		r.Connections, r.Servers, r.Processes, r.Failed, r.Dropped)
+	fmt.Fprintf(w, "idle connections                 %d on %d server process(es), from %d client processes (%d failed, %d dropped; %d dials retried)\n",
+		r.Connections, r.Servers, r.Processes, r.Failed, r.Dropped, r.Retried)
 	if r.FirstError != "" {
 		fmt.Fprintf(w, "first failure                    %s\n", r.FirstError)
 	}
@@ -610,13 +625,34 @@ func RunIdleWorker(ctx context.Context, target, path string, n int, source net.I
 		return err
 	}
 	defer d.Stop()
-	pool := startOpenPool(ctx, n, concurrency, func(int) error { return d.Open(ctx) })
+	// A dial that fails is tried twice more (after 0.5 s, then 2 s), as a
+	// client would reconnect: on a saturated host a handshake can miss its
+	// deadline. Retries are counted and reported; only a third failure
+	// counts as failed.
+	var retried atomic.Int64
+	pool := startOpenPool(ctx, n, concurrency, func(int) error {
+		var err error
+		for try, pause := range []time.Duration{0, 500 * time.Millisecond, 2 * time.Second} {
+			if try > 0 {
+				retried.Add(1)
+				select {
+				case <-time.After(pause):
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			if err = d.Open(ctx); err == nil {
+				return nil
+			}
+		}
+		return err
+	})
 	var outMu sync.Mutex
 	report := func(fatal error) {
 		outMu.Lock()
 		defer outMu.Unlock()
 		r := workerReport{Connected: pool.opened.Load(), Failed: pool.failed.Load(), Dropped: c.Dropped.Load(), Pings: c.Pings.Load(),
-			PingsSent: c.PingsSent.Load(), Pongs: c.Pongs.Load()}
+			PingsSent: c.PingsSent.Load(), Pongs: c.Pongs.Load(), Retried: retried.Load()}
 		select {
 		case <-pool.done:
 			r.Done = true

@@ -18,14 +18,27 @@
 # (ceil(N/PER_SERVER)), LISTEN (127.0.0.1:8080), ADMIN_BASE (9100: process
 # i's admin port is ADMIN_BASE+i), SOURCE (127.0.0.2), HOLD (60s), LOOPS
 # (event loops per wsd process, 1), OUT (bench/out/1m-DATE), TUNE (0),
-# FORCE (1: run even when the doctor says the host is not ready).
+# FORCE (1: run even when the doctor says the host is not ready), NETNS
+# (auto).
+#
+# NETNS: every packet of a connection is looked up in the kernel's
+# established-connection hash, which the kernel sizes at boot from memory
+# (262,144 buckets on a 24 GiB host: chains of 8 at 2M sockets, and 17% of
+# the CPU in the lookup). On a host you can reboot, boot with
+# thash_entries=2097152. Without a reboot, a network namespace created
+# after `sysctl net.ipv4.tcp_child_ehash_entries=N` gets a table of its own
+# of N buckets (Linux 6.1+): NETNS=1 runs the servers and clients in such a
+# namespace (loopback up, sysctl/ applied inside it too), NETNS=0 never,
+# NETNS=auto (the default) when root, the kernel can, and the host's table
+# has fewer buckets than half the sockets.
 #
 # Everything it starts is stopped by PID when it ends (the wsd processes
 # also die with their supervisor); the run is bounded by wsbench idle's
 # -timeout (2 min + 1 s per 2,000 connections).
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
+self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+cd "$(dirname "$self")/.."
 N=${N:-1000000}
 PER_SERVER=${PER_SERVER:-17000}
 PER_CLIENT=${PER_CLIENT:-18000}
@@ -43,9 +56,44 @@ mkdir -p "$OUT"
 echo "== build"
 make -s build
 
-if [ "$TUNE" = 1 ]; then
+if [ "$TUNE" = 1 ] && [ -z "${WSD_RUN_1M_IN_NETNS:-}" ]; then
 	echo "== tune the host: sysctl/apply --apply (sysctl/apply --revert undoes it)"
 	sysctl/apply --apply | tee "$OUT/sysctl-apply.txt"
+fi
+
+sockets=$((2 * N))
+buckets=$(cat /proc/sys/net/ipv4/tcp_ehash_entries 2>/dev/null || echo 0)
+buckets=${buckets#-}
+NETNS=${NETNS:-auto}
+if [ "$NETNS" = auto ]; then
+	NETNS=0
+	if [ "$(id -u)" = 0 ] && [ -w /proc/sys/net/ipv4/tcp_child_ehash_entries ] && [ "$buckets" -lt $((sockets / 2)) ]; then
+		NETNS=1
+	fi
+fi
+if [ "$NETNS" = 1 ] && [ -z "${WSD_RUN_1M_IN_NETNS:-}" ]; then
+	want=1
+	while [ "$want" -lt "$sockets" ] && [ "$want" -lt $((1 << 24)) ]; do want=$((want * 2)); done
+	ns=wsd1m-$$
+	old_child=$(cat /proc/sys/net/ipv4/tcp_child_ehash_entries)
+	echo "== network namespace $ns with an established-connection hash of $want buckets (the host's: $buckets)"
+	sysctl -qw net.ipv4.tcp_child_ehash_entries="$want"
+	ip netns add "$ns"
+	sysctl -qw net.ipv4.tcp_child_ehash_entries="$old_child"
+	# shellcheck disable=SC2317 # run by the trap
+	cleanup_ns() { ip netns del "$ns" 2>/dev/null || true; }
+	trap cleanup_ns EXIT
+	ip netns exec "$ns" ip link set lo up
+	# The net.* keys are the namespace's own; fs.* are the host's (TUNE=1 set them).
+	if [ "$TUNE" = 1 ]; then
+		echo "== tune the namespace: sysctl/apply --apply inside it"
+		ip netns exec "$ns" env WSD_SYSCTL_STATE="$OUT/sysctl-netns.before" sysctl/apply --apply >"$OUT/sysctl-netns.txt"
+	fi
+	status=0
+	ip netns exec "$ns" env WSD_RUN_1M_IN_NETNS=1 NETNS=0 TUNE=0 N="$N" K="$K" PER_SERVER="$PER_SERVER" PER_CLIENT="$PER_CLIENT" \
+		LISTEN="$LISTEN" ADMIN_BASE="$ADMIN_BASE" SOURCE="$SOURCE" HOLD="$HOLD" LOOPS="$LOOPS" FORCE="$FORCE" OUT="$OUT" \
+		bash "$self" || status=$?
+	exit "$status"
 fi
 
 echo "== check the host: wsd doctor --conns $N --procs $K --local-clients"

@@ -57,7 +57,7 @@ func TestReadHostFixture(t *testing.T) {
 		Somaxconn: 65535, TCPMaxSynBacklog: 65535, NetdevMaxBacklog: 65536,
 		PortLow: 1024, PortHigh: 65535,
 		TCPMem:      [3]int64{1572864, 2097152, 3145728},
-		TCPMemInUse: 174, TCPFinTimeout: 60, TCPTwReuse: 2,
+		TCPMemInUse: 174, TCPFinTimeout: 60, TCPTwReuse: 2, TCPEhash: 4194304,
 		PidMax: 4194304, ThreadsMax: 256000,
 		MemTotal: 32 << 30, MemAvailable: 32 << 30,
 		CgroupLimit: Unknown, CgroupUsage: Unknown,
@@ -144,6 +144,10 @@ func TestCheckFixtures(t *testing.T) {
 		{"threads", million, []string{"FAIL kernel.threads-max 5 | ≥ 10"}, "sysctl -w kernel.threads-max=40"},
 		{"tw-reuse", million, nil, ""},
 		{"tw-reuse", local, []string{"WARN net.ipv4.tcp_tw_reuse 0 | 1 or 2"}, "sysctl/apply --apply (sets net.ipv4.tcp_tw_reuse to 1)"},
+		{"ehash", million, []string{"WARN net.ipv4.tcp_ehash_entries 262144 | ≥ 500000"}, "thash_entries=1048576"},
+		{"ehash", local, []string{"WARN net.ipv4.tcp_ehash_entries 262144 | ≥ 1000000"}, "tcp_child_ehash_entries=2097152"},
+		{"ehash", Plan{Conns: 500_000, Procs: 30}, nil, ""},
+		{"ehash-netns", local, nil, ""}, // a namespace's own table reads negative
 		{"unreadable", million, []string{"WARN fs.nr_open ? | ?"}, "run wsd doctor on the host itself"},
 	} {
 		name := fmt.Sprintf("%s/%d/%d/local=%v", c.fixture, c.plan.Conns, c.plan.Procs, c.plan.LocalClients)

@@ -41,6 +41,11 @@ type Host struct {
 	TCPMemInUse       int64 // /proc/net/sockstat "TCP: ... mem", pages
 	TCPFinTimeout     int64 // net.ipv4.tcp_fin_timeout, seconds
 	TCPTwReuse        int64 // net.ipv4.tcp_tw_reuse: 0 off, 1 on, 2 loopback only
+	// TCPEhash is the buckets of this network namespace's established-
+	// connection hash (net.ipv4.tcp_ehash_entries, its sign dropped: a
+	// namespace sharing the host's table reads negative), Unknown on a
+	// kernel before 6.1, which does not say.
+	TCPEhash int64
 
 	// Conntrack is false when /proc/sys/net/netfilter has no
 	// nf_conntrack_max: the module is not loaded and tracks nothing.
@@ -86,6 +91,14 @@ func ReadHost(root string) (Host, error) {
 	h.TCPMemInUse = r.sockstatTCPMem()
 	h.TCPFinTimeout = r.int("proc/sys/net/ipv4/tcp_fin_timeout")
 	h.TCPTwReuse = r.int("proc/sys/net/ipv4/tcp_tw_reuse")
+	if _, err := os.Stat(filepath.Join(root, "proc/sys/net/ipv4/tcp_ehash_entries")); err == nil {
+		h.TCPEhash = r.int("proc/sys/net/ipv4/tcp_ehash_entries")
+		if h.TCPEhash < 0 && h.TCPEhash != Unknown {
+			h.TCPEhash = -h.TCPEhash
+		}
+	} else {
+		h.TCPEhash = Unknown
+	}
 	if _, err := os.Stat(filepath.Join(root, "proc/sys/net/netfilter/nf_conntrack_max")); err == nil {
 		h.Conntrack = true
 		h.ConntrackMax = r.int("proc/sys/net/netfilter/nf_conntrack_max")
