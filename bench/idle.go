@@ -70,10 +70,12 @@ type IdleResult struct {
 	Failed      int64 `json:"failed"`
 	Retried     int64 `json:"retried"`
 	Dropped     int64 `json:"dropped"`
-	// FirstError is the first dial or handshake error a client process saw.
-	FirstError  string  `json:"first_error,omitempty"`
-	RampSeconds float64 `json:"ramp_seconds"`
-	RampRate    float64 `json:"ramp_connections_per_second"`
+	// FirstError is the first dial or handshake error a client process
+	// gave up on; FirstRetryError what made the first retried dial fail.
+	FirstError      string  `json:"first_error,omitempty"`
+	FirstRetryError string  `json:"first_retry_error,omitempty"`
+	RampSeconds     float64 `json:"ramp_seconds"`
+	RampRate        float64 `json:"ramp_connections_per_second"`
 
 	RSSBytesPerConn  float64 `json:"server_rss_bytes_per_conn"`
 	AnonBytesPerConn float64 `json:"server_rss_anon_bytes_per_conn"`
@@ -145,7 +147,8 @@ type workerReport struct {
 	PingsSent int64  `json:"pings_sent"` // our check pings written
 	Pongs     int64  `json:"pongs"`      // their answers
 	Retried   int64  `json:"retried"`    // dials tried again after a failure
-	Done      bool   `json:"done"`       // every dial has returned
+	RetryErr  string `json:"retry_err,omitempty"`
+	Done      bool   `json:"done"` // every dial has returned
 	FirstErr  string `json:"first_err,omitempty"`
 	Err       string `json:"err,omitempty"` // the process cannot go on
 }
@@ -344,6 +347,9 @@ func RunIdle(ctx context.Context, o IdleOptions) (*IdleResult, error) {
 			if w.FirstErr == "" {
 				w.FirstErr = r.FirstErr
 			}
+			if w.RetryErr == "" {
+				w.RetryErr = r.RetryErr
+			}
 			if r.Done {
 				done++
 			}
@@ -388,7 +394,8 @@ func RunIdle(ctx context.Context, o IdleOptions) (*IdleResult, error) {
 	check := func() error {
 		t, _ := total()
 		if t.Failed > o.MaxFailed {
-			return fmt.Errorf("%d connections failed (at most %d may); %d open; first error: %s", t.Failed, o.MaxFailed, t.Connected, t.FirstErr)
+			return fmt.Errorf("%d connections failed (at most %d may); %d open; first error: %s (%d dials retried, the first after: %s)",
+				t.Failed, o.MaxFailed, t.Connected, t.FirstErr, t.Retried, t.RetryErr)
 		}
 		return nil
 	}
@@ -490,7 +497,7 @@ func RunIdle(ctx context.Context, o IdleOptions) (*IdleResult, error) {
 	per := func(a, b float64) float64 { return (a - b) / conns }
 	hold := after.At.Sub(settled.At).Seconds()
 	res.Connections = int(conns)
-	res.Failed, res.Retried, res.Dropped, res.FirstError = t.Failed, t.Retried, t.Dropped, t.FirstErr
+	res.Failed, res.Retried, res.Dropped, res.FirstError, res.FirstRetryError = t.Failed, t.Retried, t.Dropped, t.FirstErr, t.RetryErr
 	res.RampSeconds = ramp.Seconds()
 	res.RampRate = float64(t.Connected) / ramp.Seconds()
 	res.RSSBytesPerConn = per(settled.RSS, before.RSS)
@@ -544,6 +551,9 @@ func (r *IdleResult) Print(w io.Writer) {
 		r.Connections, r.Servers, r.Processes, r.Failed, r.Dropped, r.Retried)
 	if r.FirstError != "" {
 		fmt.Fprintf(w, "first failure                    %s\n", r.FirstError)
+	}
+	if r.FirstRetryError != "" {
+		fmt.Fprintf(w, "first retried dial failed with   %s\n", r.FirstRetryError)
 	}
 	fmt.Fprintf(w, "ramp                             %.1f s (%.0f connections/s)\n", r.RampSeconds, r.RampRate)
 	fmt.Fprintf(w, "server RSS                       %s -> %s\n", mib(r.ServerRSSBefore), mib(r.ServerRSSAfter))
@@ -630,11 +640,15 @@ func RunIdleWorker(ctx context.Context, target, path string, n int, source net.I
 	// deadline. Retries are counted and reported; only a third failure
 	// counts as failed.
 	var retried atomic.Int64
+	var retryErr atomic.Pointer[string] // why the first retried dial failed
 	pool := startOpenPool(ctx, n, concurrency, func(int) error {
 		var err error
 		for try, pause := range []time.Duration{0, 500 * time.Millisecond, 2 * time.Second} {
 			if try > 0 {
-				retried.Add(1)
+				if retried.Add(1) == 1 {
+					e := err.Error()
+					retryErr.Store(&e)
+				}
 				select {
 				case <-time.After(pause):
 				case <-ctx.Done():
@@ -653,12 +667,15 @@ func RunIdleWorker(ctx context.Context, target, path string, n int, source net.I
 		defer outMu.Unlock()
 		r := workerReport{Connected: pool.opened.Load(), Failed: pool.failed.Load(), Dropped: c.Dropped.Load(), Pings: c.Pings.Load(),
 			PingsSent: c.PingsSent.Load(), Pongs: c.Pongs.Load(), Retried: retried.Load()}
+		if err := pool.firstErr(); err != nil {
+			r.FirstErr = err.Error()
+		}
+		if e := retryErr.Load(); e != nil {
+			r.RetryErr = *e
+		}
 		select {
 		case <-pool.done:
 			r.Done = true
-			if err := pool.firstErr(); err != nil {
-				r.FirstErr = err.Error()
-			}
 		default:
 		}
 		if fatal != nil {

@@ -19,7 +19,15 @@
 # i's admin port is ADMIN_BASE+i), SOURCE (127.0.0.2), HOLD (60s), LOOPS
 # (event loops per wsd process, 1), OUT (bench/out/1m-DATE), TUNE (0),
 # FORCE (1: run even when the doctor says the host is not ready), NETNS
-# (auto).
+# (auto), PING_INTERVAL (2m), WSD_ARGS (more wsd flags).
+#
+# PING_INTERVAL: wsd pings a connection after this long without traffic
+# (its default is 30 s). A million connections at 30 s are 33,000 ping
+# round trips a second; on this 2-core test host, which also runs the
+# million clients, that took both cores and the ramp collapsed to 400
+# connections a second at 890,000 (measured; see the README). 2 minutes
+# is 8,300 a second. On a host with more cores, or clients elsewhere, set
+# PING_INTERVAL=30s.
 #
 # NETNS: every packet of a connection is looked up in the kernel's
 # established-connection hash, which the kernel sizes at boot from memory
@@ -50,6 +58,8 @@ HOLD=${HOLD:-60s}
 LOOPS=${LOOPS:-1}
 TUNE=${TUNE:-0}
 FORCE=${FORCE:-0}
+PING_INTERVAL=${PING_INTERVAL:-2m}
+WSD_ARGS=${WSD_ARGS:-}
 OUT=${OUT:-bench/out/1m-$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 
@@ -92,6 +102,7 @@ if [ "$NETNS" = 1 ] && [ -z "${WSD_RUN_1M_IN_NETNS:-}" ]; then
 	status=0
 	ip netns exec "$ns" env WSD_RUN_1M_IN_NETNS=1 NETNS=0 TUNE=0 N="$N" K="$K" PER_SERVER="$PER_SERVER" PER_CLIENT="$PER_CLIENT" \
 		LISTEN="$LISTEN" ADMIN_BASE="$ADMIN_BASE" SOURCE="$SOURCE" HOLD="$HOLD" LOOPS="$LOOPS" FORCE="$FORCE" OUT="$OUT" \
+		PING_INTERVAL="$PING_INTERVAL" WSD_ARGS="$WSD_ARGS" \
 		bash "$self" || status=$?
 	exit "$status"
 fi
@@ -111,8 +122,9 @@ for ((i = 0; i < K; i++)); do
 done
 
 echo "== start $K wsd processes on $LISTEN (logs in $OUT/servers)"
+# WSD_ARGS is split into words on purpose: several flags.
 bin/wsbench servers -k "$K" -listen "$LISTEN" -admin-base "$ADMIN_BASE" -aggregate "" -logs "$OUT/servers" \
-	-- --loops "$LOOPS" --pprof --log-level warn >"$OUT/servers.txt" 2>&1 &
+	-- --loops "$LOOPS" --pprof --log-level warn --ping-interval "$PING_INTERVAL" ${WSD_ARGS:+$WSD_ARGS} >"$OUT/servers.txt" 2>&1 &
 servers=$!
 stop_servers() {
 	if kill -0 "$servers" 2>/dev/null; then
