@@ -6,27 +6,32 @@ import (
 	"strings"
 )
 
-// What one connection costs, in one place. The lead re-measures them in
-// the 1M run; change them here and every estimate follows.
+// What one connection costs, in one place: measured on the project's
+// test host (2 CPUs, 24 GiB, Linux 6.18), 2026-11-27, by
+// `TUNE=1 bench/run-1m.sh` (1,000,000 idle connections over 59 wsd
+// processes; bench/results/1m-2026-11-27) unless said otherwise. Change
+// them here and every estimate follows.
 const (
-	// ServerBytesPerConn is wsd's user-space memory (RSS) per idle
-	// connection: measured with `bin/wsbench idle -n 19000` on the
-	// project's test host (2 CPUs, 24 GiB), 2026-11-27.
-	ServerBytesPerConn = 786
+	// ServerBytesPerConn is wsd's user-space memory (RSS growth) per idle
+	// connection at about 17,000 connections per process. (One process
+	// with 19,000: 786 B, `bin/wsbench idle -n 19000`.)
+	ServerBytesPerConn = 1001
 	// ServerBytesPerSubscribedConn is the same for a connection
-	// subscribed to one channel (same run, same command).
-	ServerBytesPerSubscribedConn = 1069
+	// subscribed to one channel (`bin/wsbench idle -n 19000 -subscribe
+	// news`: 1069 B, one process; plus the same per-process share as
+	// above).
+	ServerBytesPerSubscribedConn = 1069 + (1001 - 786)
 	// KernelBytesPerSocket is the kernel's memory per idle TCP socket
-	// (struct sock, inode, dentry, file, epoll entry): 4.2 KiB. A
-	// placeholder until the 1M run measures it (slab growth in
-	// /proc/meminfo Slab divided by the sockets opened).
-	KernelBytesPerSocket = 42 * 1024 / 10
+	// (struct sock, inode, dentry, file, epoll entry): /proc/meminfo's
+	// Slab growth, 10,051 B per loopback connection (two sockets), halved.
+	KernelBytesPerSocket = 10051 / 2
 	// ClientBytesPerConn is a load-generating client's user-space memory
-	// per connection when the clients run on this host: about 1 KiB. A
-	// placeholder until the 1M run measures wsbench's RSS.
-	ClientBytesPerConn = 1024
+	// per connection when the clients run on this host: wsbench's RSS
+	// (its event-driven idle clients, runtimes included), 1,547 B.
+	ClientBytesPerConn = 1547
 	// ProcessBaseBytes is the RSS of one wsd process before any
-	// connection (runtime, event loops, metrics): 12 MiB.
+	// connection (runtime, event loops, metrics): 12.2 MiB measured
+	// (722.6 MiB over 59 processes).
 	ProcessBaseBytes = 12 << 20
 
 	// FDReserve is the descriptors wsd keeps for everything but clients:

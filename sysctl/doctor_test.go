@@ -118,10 +118,10 @@ func TestCheckFixtures(t *testing.T) {
 		{"file-max", million, []string{"FAIL fs.file-max 1000000 | ≥ 1070536"},
 			"sysctl/apply --apply (sets fs.file-max to 4194304)"},
 		// 786 B + 4.2 KiB a connection and 12 MiB: 4.7 GiB.
-		{"memory", million, []string{"FAIL memory 4.0 GiB available | ≥ 4.7 GiB"}, "about 841994 fit"},
-		{"memory-tight", million, []string{"WARN memory 5.7 GiB available | ≥ 4.7 GiB"}, "leave headroom"},
-		{"cgroup-v2", million, []string{"FAIL memory 3.0 GiB left in cgroup | ≥ 4.7 GiB"}, "about 630877 fit"},
-		{"cgroup-v1-nested", million, []string{"FAIL memory 1.5 GiB left in cgroup | ≥ 4.7 GiB"}, "about 314201 fit"},
+		{"memory", million, []string{"FAIL memory 4.0 GiB available | ≥ 5.6 GiB"}, "about 710651 fit"},
+		{"memory-tight", million, []string{"WARN memory 5.7 GiB available | ≥ 5.6 GiB"}, "leave headroom"},
+		{"cgroup-v2", million, []string{"FAIL memory 3.0 GiB left in cgroup | ≥ 5.6 GiB"}, "about 532466 fit"},
+		{"cgroup-v1-nested", million, []string{"FAIL memory 1.5 GiB left in cgroup | ≥ 5.6 GiB"}, "about 265189 fit"},
 		{"cgroup-v1-unlimited", million, nil, ""},
 		{"conntrack-tracking", million, []string{"FAIL net.netfilter.nf_conntrack_max 262144 | ≥ 1001200"},
 			"sysctl/apply --apply (sets net.netfilter.nf_conntrack_max to 2097152)"},
@@ -188,9 +188,9 @@ func TestCheckOKLines(t *testing.T) {
 		t.Errorf("port range: %+v", pr)
 	}
 	mem, _ := find(fs, "memory")
-	// 786 MB + 12 MiB wsd, 2M × 4300 B kernel, 1M × 1 KiB clients.
-	if mem.Need != "≥ 9.7 GiB" || !strings.Contains(mem.What, "kernel 8.0 GiB (4.2 KiB per socket × 2000000 sockets)") ||
-		!strings.Contains(mem.What, "clients 977 MiB") {
+	// 1001 MB + 12 MiB wsd, 2M × 5025 B kernel, 1M × 1547 B clients.
+	if mem.Need != "≥ 11.7 GiB" || !strings.Contains(mem.What, "kernel 9.4 GiB (4.9 KiB per socket × 2000000 sockets)") ||
+		!strings.Contains(mem.What, "clients 1.4 GiB") {
 		t.Errorf("memory with local clients: %+v", mem)
 	}
 	fm, _ := find(fs, "fs.file-max")

@@ -95,7 +95,7 @@ func TestDoctorFixtures(t *testing.T) {
 			fails = append(fails, f.Key+" "+f.Have+" "+f.Need)
 		}
 	}
-	if code != 1 || report.Ready || len(fails) != 1 || fails[0] != "memory 4.0 GiB available ≥ 4.7 GiB" {
+	if code != 1 || report.Ready || len(fails) != 1 || fails[0] != "memory 4.0 GiB available ≥ 5.6 GiB" {
 		t.Errorf("memory fixture --json: exit %d, ready %v, FAIL lines %q", code, report.Ready, fails)
 	}
 }
