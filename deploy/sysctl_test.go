@@ -32,8 +32,8 @@ var profileWant = map[string]string{
 	"net.ipv4.tcp_max_syn_backlog":   "65535",
 	"net.core.netdev_max_backlog":    "65536",
 	"net.ipv4.ip_local_port_range":   "1024 65535",
-	"net.ipv4.tcp_rmem":              "4096 16384 16777216",
-	"net.ipv4.tcp_wmem":              "4096 16384 16777216",
+	"net.ipv4.tcp_rmem":              "4096 16384 4194304",
+	"net.ipv4.tcp_wmem":              "4096 16384 4194304",
 	"net.ipv4.tcp_mem":               "1572864 2097152 3145728",
 	"net.ipv4.tcp_fin_timeout":       "15",
 	"net.ipv4.tcp_tw_reuse":          "1",
@@ -242,7 +242,7 @@ func TestSysctlApply(t *testing.T) {
 		"net.core.netdev_max_backlog":  "1000\n",
 		"net.ipv4.ip_local_port_range": "32768\t60999\n",
 		"net.ipv4.tcp_rmem":            "4096\t131072\t33554432\n",
-		"net.ipv4.tcp_wmem":            "4096\t16384\t16777216\n", // already as given
+		"net.ipv4.tcp_wmem":            "4096\t16384\t4194304\n", // already as given
 		"net.ipv4.tcp_mem":             "287898\t383867\t575796\n",
 		"net.ipv4.tcp_fin_timeout":     "60\n",
 		"net.ipv4.tcp_tw_reuse":        "2\n",
@@ -260,7 +260,7 @@ func TestSysctlApply(t *testing.T) {
 	planned := []string{
 		"fs.file-max: 1000 -> 4194304",
 		"net.ipv4.ip_local_port_range: 32768 60999 -> 1024 65535",
-		"net.ipv4.tcp_rmem: 4096 131072 33554432 -> 4096 16384 16777216", // set as given: lowered
+		"net.ipv4.tcp_rmem: 4096 131072 33554432 -> 4096 16384 4194304", // set as given: lowered
 		"net.ipv4.tcp_tw_reuse: 2 -> 1",
 		"net.ipv4.tcp_wmem: ok",
 		"fs.nr_open: ok (9000000, above the profile's 4194304: kept, raise only)",

@@ -173,8 +173,11 @@ func TestSlowConsumerDrop(t *testing.T) {
 		t.Fatalf("%d bytes queued for the slow client, mark %d", q, mark)
 	}
 	dropped := metric(t, s, `wsd_outbound_dropped_frames_total{reason="slow_consumer"}`)
-	if dropped == 0 || metric(t, s, `wsd_slow_consumer_total{action="drop"}`) != 1 {
-		t.Fatalf("dropped %d frames; want some, in one slow-consumer episode", dropped)
+	// Usually one episode; a host whose tcp_wmem max is above the kernel's
+	// default lets the send buffer grow in steps, each taking part of the
+	// queue under the mark and ending an episode.
+	if episodes := metric(t, s, `wsd_slow_consumer_total{action="drop"}`); dropped == 0 || episodes < 1 {
+		t.Fatalf("dropped %d frames in %d slow-consumer episodes; want some, in at least one", dropped, episodes)
 	}
 
 	// Now the slow client reads. Small numbered markers follow until one

@@ -317,8 +317,11 @@ func TestNonReaderRSS(t *testing.T) {
 				t.Fatalf("%d bytes queued for the non-reader, mark 1 MiB", queued)
 			}
 			dropped := s.Metric(t, `wsd_outbound_dropped_frames_total{reason="slow_consumer"}`)
-			if dropped == 0 || s.Metric(t, `wsd_slow_consumer_total{action="drop"}`) != 1 {
-				t.Fatalf("%d frames dropped, want some, in one episode", dropped)
+			// Usually one episode; a host whose tcp_wmem max is above the
+			// kernel's default lets the send buffer grow in steps, each
+			// taking part of the queue under the mark and ending one.
+			if episodes := s.Metric(t, `wsd_slow_consumer_total{action="drop"}`); dropped == 0 || episodes < 1 {
+				t.Fatalf("%d frames dropped in %d episodes, want some, in at least one", dropped, episodes)
 			}
 			// What it reads is the publications that were not dropped, in order.
 			got, last := 0, -1
