@@ -337,8 +337,12 @@ func connect(ctx context.Context, args []string) error {
 	fs.StringVar(&o.TokenIn, "token-in", bench.TokenInHeader, "where the token goes: header (Authorization: Bearer) or query (?token=)")
 	fs.StringVar(&source, "source", "127.0.0.2", "source address; every further -per-source connections, and every round, use the next address (\"\": any)")
 	fs.IntVar(&o.PerSource, "per-source", 10000, "connections per source address")
-	fs.IntVar(&o.ServerPID, "server-pid", 0, "the server's process, whose CPU time is read from /proc (default: the process listening on -url's port; -1: do not measure)")
-	fs.DurationVar(&o.Pause, "pause", 2*time.Second, "between rounds, after closing, for the server to finish the closes")
+	fs.IntVar(&o.ServerPID, "server-pid", 0, "the server's process, whose CPU time is read from /proc (default: every process listening on -url's port, summed; -1: do not measure)")
+	fs.DurationVar(&o.Pause, "pause", 2*time.Second, "between rounds, after closing, for the server to finish the closes (and after opening -held)")
+	var heldSource string
+	fs.IntVar(&o.Held, "held", 0, "first open this many connections from client processes of their own and hold them (pings answered) for the whole run")
+	fs.IntVar(&o.HeldPerProcess, "held-per-process", 10000, "held connections per client process")
+	fs.StringVar(&heldSource, "held-source", "127.0.0.200", "source address of the first held-connection process; process i uses this address + i")
 	fs.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "bound on the whole run")
 	fs.StringVar(&jsonOut, "json", "", "also write the result as JSON to this file")
 	if err := fs.Parse(args); err != nil {
@@ -350,6 +354,11 @@ func connect(ctx context.Context, args []string) error {
 	if source != "" {
 		if o.Source = net.ParseIP(source); o.Source == nil {
 			return fmt.Errorf("bad -source %q", source)
+		}
+	}
+	if o.Held > 0 {
+		if o.HeldSource = net.ParseIP(heldSource); o.HeldSource == nil {
+			return fmt.Errorf("bad -held-source %q", heldSource)
 		}
 	}
 	if tokenFile != "" {
