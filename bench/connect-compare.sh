@@ -9,7 +9,7 @@
 # One process may open at most 20,000 files here, so each server runs as two
 # processes sharing the port (SO_REUSEPORT, one event loop each: two loops
 # for two CPUs), as in bench/README.md's storm figures; their CPU times are
-# summed. wsd serves its plain echo endpoint (--echo-path /echo), anonymous,
+# summed; the servers take turns, run by run. wsd serves its plain echo endpoint (--echo-path /echo), anonymous,
 # with --ping-interval PING (default 10m: the baseline pings nothing, so no
 # heartbeat falls inside the measurement). Servers are started afresh for
 # every run and stopped by PID; every run dials from addresses of its own.
@@ -61,8 +61,8 @@ start_servers() {
 }
 
 run=0
-for s in $SERVERS; do
-	for r in $(seq "$RUNS"); do
+for r in $(seq "$RUNS"); do # the servers take turns, so that a change in the host's load falls on both
+	for s in $SERVERS; do
 		net=$((NET + run))
 		run=$((run + 1))
 		start_servers "$s"

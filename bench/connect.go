@@ -50,6 +50,7 @@ type ConnectOptions struct {
 	HeldPerProcess int
 	HeldSource     net.IP
 	Pause          time.Duration // between rounds, after closing, for the server to finish the closes
+	Linger         time.Duration // keep a round's connections open this long after its last handshake (a profile of the storm then sees no closes)
 	Timeout        time.Duration // bound on the whole run
 	Progress       io.Writer     // progress lines (nil: none)
 	Terminal       bool          // Progress is a terminal
@@ -377,6 +378,12 @@ wait:
 	pl.endProgress()
 	if o.held != nil {
 		o.held(r+1, int(pool.opened.Load()))
+	}
+	if o.Linger > 0 {
+		select {
+		case <-time.After(o.Linger):
+		case <-ctx.Done():
+		}
 	}
 
 	rd := &ConnectRound{

@@ -339,6 +339,7 @@ func connect(ctx context.Context, args []string) error {
 	fs.IntVar(&o.PerSource, "per-source", 10000, "connections per source address")
 	fs.IntVar(&o.ServerPID, "server-pid", 0, "the server's process, whose CPU time is read from /proc (default: every process listening on -url's port, summed; -1: do not measure)")
 	fs.DurationVar(&o.Pause, "pause", 2*time.Second, "between rounds, after closing, for the server to finish the closes (and after opening -held)")
+	fs.DurationVar(&o.Linger, "linger", 0, "keep each round's connections open this long after its last handshake before closing them (to profile the handshakes alone)")
 	var heldSource string
 	fs.IntVar(&o.Held, "held", 0, "first open this many connections from client processes of their own and hold them (pings answered) for the whole run")
 	fs.IntVar(&o.HeldPerProcess, "held-per-process", 10000, "held connections per client process")
