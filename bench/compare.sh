@@ -17,6 +17,7 @@
 # baseline pings nothing, so no heartbeat falls inside the measurement). Servers are started afresh for
 # every run and stopped by PID; every run dials from addresses of its own.
 #
+# SERVERS may also name another wsd binary as wsd@PATH (a build to compare).
 # Environment: MODE=connect|echo RUNS=3 HELD=15000 N=10000 (echo: 1000) SERVERS="wsd gnetecho" PING=10m
 #              SIZE=64 WINDOW=1 DURATION=10s (echo)
 #              NET=40 (runs use 127.NET.x.x, 127.NET+1.x.x, …) OUT=DIR
@@ -46,6 +47,10 @@ mkdir -p "$OUT"
 
 make -s build >/dev/null
 
+# label names a server's files: "wsd@/tmp/old/wsd" (another wsd binary, to
+# compare builds) becomes "wsd@_tmp_old_wsd".
+label() { echo "${1//\//_}"; }
+
 pids=()
 stop_servers() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -57,8 +62,12 @@ trap stop_servers EXIT
 start_servers() {
 	for i in 0 1; do
 		case "$1" in
-		wsd) bin/wsd --listen 127.0.0.1:$PORT --reuse-port --loops 1 --admin 127.0.0.1:$((19290 + i)) \
-			--echo-path /echo --max-messages-per-sec 0 --max-inbound-bytes-per-sec 0 --ping-interval "$PING" --log-level warn ${WSD_FLAGS:-} >"$OUT/$1.$i.log" 2>&1 & ;;
+		wsd | wsd@*)
+			bin=${1#wsd@}
+			[ "$bin" = wsd ] && bin=bin/wsd
+			"$bin" --listen 127.0.0.1:$PORT --reuse-port --loops 1 --admin 127.0.0.1:$((19290 + i)) \
+				--echo-path /echo --max-messages-per-sec 0 --max-inbound-bytes-per-sec 0 --ping-interval "$PING" --log-level warn ${WSD_FLAGS:-} >"$OUT/$(label "$1").$i.log" 2>&1 &
+			;;
 		gnetecho) bin/gnetecho -addr 127.0.0.1:$PORT -loops 1 -reuse-port >"$OUT/$1.$i.log" 2>&1 & ;;
 		*) echo "unknown server $1" >&2; exit 2 ;;
 		esac
@@ -82,10 +91,10 @@ for r in $(seq "$RUNS"); do # the servers take turns, so that a change in the ho
 		if [ "$MODE" = connect ]; then
 			bin/wsbench connect -url ws://127.0.0.1:$PORT/echo -n "$N" -concurrency "$CONCURRENCY" \
 				-held "$HELD" -held-source 127.$net.1.2 -source 127.$net.0.2 \
-				-json "$OUT/$s.$r.json" 2>/dev/null | tee "$OUT/$s.$r.txt" | tail -n +3
+				-json "$OUT/$(label "$s").$r.json" 2>/dev/null | tee "$OUT/$(label "$s").$r.txt" | tail -n +3
 		else
 			bin/wsbench echo -url ws://127.0.0.1:$PORT/echo -n "$N" -size "$SIZE" -window "$WINDOW" \
-				-duration "$DURATION" -source 127.$net.0.2 -json "$OUT/$s.$r.json" 2>/dev/null | tee "$OUT/$s.$r.txt" | tail -n +3
+				-duration "$DURATION" -source 127.$net.0.2 -json "$OUT/$(label "$s").$r.json" 2>/dev/null | tee "$OUT/$(label "$s").$r.txt" | tail -n +3
 		fi
 		stop_servers
 		sleep 2
@@ -109,7 +118,7 @@ printf '   %s\n' "(medians; then every run's ${names[0]})"
 for s in $SERVERS; do
 	printf '%-10s' "$s"
 	for k in "${keys[@]}"; do
-		printf ' %18s' "$(for r in $(seq "$RUNS"); do jq "$k" "$OUT/$s.$r.json"; done | median)"
+		printf ' %18s' "$(for r in $(seq "$RUNS"); do jq "$k" "$OUT/$(label "$s").$r.json"; done | median)"
 	done
-	printf '   %s\n' "$(for r in $(seq "$RUNS"); do jq "${keys[0]}" "$OUT/$s.$r.json"; done | sort -n | tr '\n' ' ')"
+	printf '   %s\n' "$(for r in $(seq "$RUNS"); do jq "${keys[0]}" "$OUT/$(label "$s").$r.json"; done | sort -n | tr '\n' ' ')"
 done
