@@ -8,12 +8,13 @@ FUZZTIME  ?= 30s
 
 all: build
 
-## build: compile bin/wsd and bin/wsbench (with the commit, for wsd --version, when built from git
+## build: compile bin/wsd, bin/wsbench and bin/gnetecho (the baseline server of bench/README.md) (with the commit, for wsd --version, when built from git
 ## even where GOFLAGS says -buildvcs=false)
 BUILDFLAGS ?= -buildvcs=auto
 build:
 	$(GO) build $(BUILDFLAGS) -o $(BIN)/wsd ./cmd/wsd
 	$(GO) build $(BUILDFLAGS) -o $(BIN)/wsbench ./bench/cmd/wsbench
+	$(GO) build $(BUILDFLAGS) -o $(BIN)/gnetecho ./bench/cmd/gnetecho
 
 ## run: run wsd with its embedded defaults (ws on :8080, admin on 127.0.0.1:9090) and the
 ## HTTP API on with the key API_KEY (default "dev"; the admin listener is loopback-only)

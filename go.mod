@@ -57,3 +57,5 @@ require (
 )
 
 tool github.com/mailru/easyjson/easyjson
+
+replace github.com/panjf2000/gnet/v2 => ./third_party/gnet

@@ -33,19 +33,27 @@ const (
 // handshakes at a time, each with a token; hold them until all are done,
 // close them; Rounds times.
 type ConnectOptions struct {
-	URL         string        // ws://host:port/path of a running wsd
-	N           int           // connections per round
-	Concurrency int           // handshakes in flight
-	Rounds      int           // rounds; round 2 on presents the same tokens again
-	Tokens      []string      // connection i presents Tokens[i mod len]; none: anonymous
-	TokenIn     string        // TokenInHeader or TokenInQuery
-	Source      net.IP        // first source address (nil: any); see PerSource
-	PerSource   int           // connections per source address; each round starts on a fresh one
-	ServerPID   int           // the server's process (0: the one listening on URL's port; -1: not measured)
-	Pause       time.Duration // between rounds, after closing, for the server to finish the closes
-	Timeout     time.Duration // bound on the whole run
-	Progress    io.Writer     // progress lines (nil: none)
-	Terminal    bool          // Progress is a terminal
+	URL         string   // ws://host:port/path of a running wsd
+	N           int      // connections per round
+	Concurrency int      // handshakes in flight
+	Rounds      int      // rounds; round 2 on presents the same tokens again
+	Tokens      []string // connection i presents Tokens[i mod len]; none: anonymous
+	TokenIn     string   // TokenInHeader or TokenInQuery
+	Source      net.IP   // first source address (nil: any); see PerSource
+	PerSource   int      // connections per source address; each round starts on a fresh one
+	ServerPID   int      // the server's process (0: every process listening on URL's port, summed; -1: not measured)
+	// Held connections are opened first, by client processes of their own
+	// (HeldPerProcess each, from HeldSource onwards), and kept open, pings
+	// answered, for the whole run: the rounds' handshakes land on a server
+	// that already holds them.
+	Held           int
+	HeldPerProcess int
+	HeldSource     net.IP
+	Pause          time.Duration // between rounds, after closing, for the server to finish the closes
+	Linger         time.Duration // keep a round's connections open this long after its last handshake (a profile of the storm then sees no closes)
+	Timeout        time.Duration // bound on the whole run
+	Progress       io.Writer     // progress lines (nil: none)
+	Terminal       bool          // Progress is a terminal
 
 	held func(round, open int) // tests: called with every connection of a round open
 }
@@ -57,7 +65,10 @@ type ConnectResult struct {
 	Concurrency int            `json:"concurrency"`
 	Tokens      int            `json:"token_lines"`
 	TokenIn     string         `json:"token_in,omitempty"`
-	ServerPID   int            `json:"server_pid"`
+	ServerPID   int            `json:"server_pid"`  // the first of ServerPIDs
+	ServerPIDs  []int          `json:"server_pids"` // whose CPU times are summed
+	Held        int            `json:"held_connections"`
+	HeldDropped int64          `json:"held_dropped"` // held connections the server closed during the run
 	HostCPUs    int            `json:"host_cpus"`
 	Rounds      []ConnectRound `json:"rounds"`
 }
@@ -235,18 +246,46 @@ func RunConnect(parent context.Context, o ConnectOptions) (*ConnectResult, error
 	case o.Timeout <= 0:
 		return nil, errors.New("-timeout must be positive")
 	}
-	pid, err := serverPID(o.ServerPID, u)
-	if err != nil {
-		return nil, err
+	var pids []int
+	switch o.ServerPID {
+	case -1:
+	case 0:
+		if pids, err = stormServerPIDs(nil, u); err != nil {
+			return nil, err
+		}
+	default:
+		if pids, err = stormServerPIDs([]int{o.ServerPID}, u); err != nil {
+			return nil, err
+		}
+	}
+	pid := -1
+	if len(pids) > 0 {
+		pid = pids[0]
 	}
 	ctx, cancel := context.WithTimeout(parent, o.Timeout)
 	defer cancel()
 	t := &connectTarget{host: u.Host, path: u.RequestURI(), tokens: o.Tokens, inQuery: o.TokenIn == TokenInQuery}
-	res := &ConnectResult{URL: o.URL, N: o.N, Concurrency: o.Concurrency, Tokens: len(o.Tokens), ServerPID: pid, HostCPUs: runtime.NumCPU()}
+	res := &ConnectResult{URL: o.URL, N: o.N, Concurrency: o.Concurrency, Tokens: len(o.Tokens), ServerPID: pid, ServerPIDs: pids,
+		Held: o.Held, HostCPUs: runtime.NumCPU()}
 	if len(o.Tokens) > 0 {
 		res.TokenIn = o.TokenIn
 	}
 	pl := progressLine{o.Progress, o.Terminal}
+	if o.Held > 0 {
+		if o.HeldPerProcess < 1 || o.HeldSource == nil || o.HeldSource.To4() == nil {
+			return nil, errors.New("-held needs a positive -held-per-process and an IPv4 -held-source")
+		}
+		h, err := startHolders(ctx, o.URL, o.Held, o.HeldPerProcess, o.HeldSource, o.Timeout, pl)
+		if err != nil {
+			return nil, fmt.Errorf("opening the held connections: %w", err)
+		}
+		defer h.close()
+		defer func() { res.HeldDropped = h.dropped() }()
+		select { // let the server settle after the ramp
+		case <-time.After(o.Pause):
+		case <-ctx.Done():
+		}
+	}
 	sourcesPerRound := (o.N + o.PerSource - 1) / o.PerSource
 	for r := range o.Rounds {
 		if r > 0 {
@@ -258,7 +297,7 @@ func RunConnect(parent context.Context, o ConnectOptions) (*ConnectResult, error
 		if err := ctx.Err(); err != nil {
 			return res, fmt.Errorf("round %d: %w", r+1, err)
 		}
-		round, err := connectRound(ctx, o, t, pid, r, r*sourcesPerRound, pl)
+		round, err := connectRound(ctx, o, t, pids, r, r*sourcesPerRound, pl)
 		if round != nil {
 			res.Rounds = append(res.Rounds, *round)
 		}
@@ -271,7 +310,7 @@ func RunConnect(parent context.Context, o ConnectOptions) (*ConnectResult, error
 
 // connectRound opens o.N connections, holds them until every handshake
 // has ended, then closes them.
-func connectRound(ctx context.Context, o ConnectOptions, t *connectTarget, pid, r, firstSource int, pl progressLine) (*ConnectRound, error) {
+func connectRound(ctx context.Context, o ConnectOptions, t *connectTarget, pids []int, r, firstSource int, pl progressLine) (*ConnectRound, error) {
 	conns := make([]*net.TCPConn, o.N)
 	took := make([]time.Duration, o.N) // 0: failed
 	defer func() {
@@ -284,10 +323,8 @@ func connectRound(ctx context.Context, o ConnectOptions, t *connectTarget, pid, 
 	var statusMu sync.Mutex
 	statuses := map[string]int{}
 	firstStatus := 0
-	var cpu0 float64
-	if pid > 0 {
-		cpu0, _ = ProcCPUSeconds(pid)
-	}
+	measured := len(pids) > 0
+	cpu0 := sumCPU(pids)
 	self0, _ := ProcCPUSeconds(os.Getpid())
 	start := time.Now()
 	var lastEnd atomic.Int64 // nanoseconds after start
@@ -335,15 +372,18 @@ wait:
 		}
 	}
 	wall := time.Duration(lastEnd.Load())
-	var cpu1 float64
-	if pid > 0 {
-		cpu1, _ = ProcCPUSeconds(pid)
-	}
+	cpu1 := sumCPU(pids)
 	self1, _ := ProcCPUSeconds(os.Getpid())
 	progress()
 	pl.endProgress()
 	if o.held != nil {
 		o.held(r+1, int(pool.opened.Load()))
+	}
+	if o.Linger > 0 {
+		select {
+		case <-time.After(o.Linger):
+		case <-ctx.Done():
+		}
 	}
 
 	rd := &ConnectRound{
@@ -353,7 +393,7 @@ wait:
 		FirstStatus:       firstStatus,
 		WallSeconds:       wall.Seconds(),
 		ClientCPUSeconds:  self1 - self0,
-		ServerCPUMeasured: pid > 0,
+		ServerCPUMeasured: measured,
 	}
 	if len(statuses) > 0 {
 		rd.Statuses = statuses
@@ -364,7 +404,7 @@ wait:
 	if wall > 0 {
 		rd.PerSecond = float64(rd.Completed) / wall.Seconds()
 	}
-	if pid > 0 {
+	if measured {
 		rd.ServerCPUSeconds = cpu1 - cpu0
 		if rd.ServerCPUSeconds > 0 {
 			rd.PerServerCPUSec = float64(rd.Completed) / rd.ServerCPUSeconds
@@ -405,12 +445,16 @@ func (r *ConnectResult) Print(w io.Writer) {
 		toks = fmt.Sprintf("%d distinct lines, in the %s", r.Tokens, map[string]string{
 			TokenInHeader: "Authorization header", TokenInQuery: "token query parameter"}[r.TokenIn])
 	}
-	pid := strconv.Itoa(r.ServerPID)
-	if r.ServerPID <= 0 {
-		pid = "not measured"
+	pid := "not measured"
+	if len(r.ServerPIDs) > 0 {
+		pid = strings.Trim(fmt.Sprint(r.ServerPIDs), "[]")
 	}
-	fmt.Fprintf(w, "connect  %d connections a round to %s, %d handshakes in flight; tokens: %s; server pid %s; %d CPUs on this host (clients and server share them)\n",
-		r.N, r.URL, r.Concurrency, toks, pid, r.HostCPUs)
+	held := ""
+	if r.Held > 0 {
+		held = fmt.Sprintf(", onto %d held connections (%d of them dropped by the server)", r.Held, r.HeldDropped)
+	}
+	fmt.Fprintf(w, "connect  %d connections a round to %s%s, %d handshakes in flight; tokens: %s; server pid %s; %d CPUs on this host (clients and server share them)\n",
+		r.N, r.URL, held, r.Concurrency, toks, pid, r.HostCPUs)
 	fmt.Fprintf(w, "%-5s %9s %6s %7s %12s %12s %17s %8s %8s %8s %12s\n",
 		"round", "completed", "failed", "wall s", "handshakes/s", "server CPU s", "per server CPU-s", "p50 ms", "p99 ms", "max ms", "client CPU s")
 	for _, rd := range r.Rounds {

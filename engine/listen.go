@@ -1,16 +1,15 @@
 package engine
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"net"
+	"net/netip"
+	"os"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
 )
 
@@ -25,13 +24,31 @@ import (
 //   - a refusal at accept (server full, paced, a banned or over-limit
 //     address) is answered and closed here, before any session exists.
 
-// acceptors is how many goroutines accept: each waits while a loop
-// registers the connection it handed over, so more than one keeps accepts
-// flowing while a loop is busy.
-const acceptors = 2
+// acceptors is how many goroutines accept. One is enough: it never waits
+// for a loop (the hand-over is queued).
+const acceptors = 1
+
+// listener is the listening socket, accepted from with accept4 directly
+// (Go's net.Listener would register every accepted socket with Go's
+// netpoller and wrap it in a net.Conn, only for gnet to take a duplicate of
+// it). It is bound by net.ListenConfig (its choice of address family, its
+// options) and then held as an *os.File, whose raw Read waits in Go's
+// netpoller while nothing is pending; the net.Listener's own descriptor is
+// closed. Close stops the listening at once and wakes the acceptor.
+type listener struct {
+	f    *os.File
+	rc   syscall.RawConn
+	addr net.Addr
+}
+
+// Close closes the listening socket.
+func (l *listener) Close() error { return l.f.Close() }
+
+// Addr is the address it listens on.
+func (l *listener) Addr() net.Addr { return l.addr }
 
 // listen binds the listener.
-func (s *Server) listen() (net.Listener, error) {
+func (s *Server) listen() (*listener, error) {
 	lc := net.ListenConfig{
 		KeepAlive: -1, // WebSocket heartbeats find dead peers; no TCP keepalive timers for idle connections
 		Control: func(_, _ string, rc syscall.RawConn) error {
@@ -44,123 +61,171 @@ func (s *Server) listen() (net.Listener, error) {
 			return errors.Join(err, serr)
 		},
 	}
-	return lc.Listen(context.Background(), "tcp", s.cfg.Addr)
+	ln, err := lc.Listen(context.Background(), "tcp", s.cfg.Addr)
+	if err != nil {
+		return nil, err
+	}
+	defer ln.Close() // the *os.File below holds the socket (a duplicate descriptor)
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		return nil, err
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return &listener{f: f, rc: rc, addr: ln.Addr()}, nil
 }
 
-// acceptLoop accepts until the listener is closed.
-func (s *Server) acceptLoop(ln net.Listener, wg *sync.WaitGroup) {
+// acceptLoop accepts until the listener is closed. It calls accept4 on the
+// listening socket itself (waiting in Go's netpoller only when nothing is
+// pending), so an accepted socket is never registered with Go's netpoller
+// nor wrapped in a net.Conn: it goes to a loop as it came from the kernel.
+func (s *Server) acceptLoop(ln *listener, wg *sync.WaitGroup) {
 	defer wg.Done()
+	local := newLocalAddrs(ln.addr)
 	var backoff time.Duration
-	ticket := new(enrollTicket)
+	wait := func(msg string, err error) {
+		// EMFILE, ENFILE, ENOBUFS, ENOMEM: wait for descriptors or
+		// memory to come back; the backlog holds the peers meanwhile.
+		backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+		s.acceptErrors.Add(1)
+		s.logLimited.warn(s.log, msg, "err", err, "retry_in", backoff)
+		time.Sleep(backoff)
+	}
 	for {
-		c, err := ln.Accept()
+		var (
+			nfd  int
+			sa   unix.Sockaddr
+			aerr error
+		)
+		err := ln.rc.Read(func(fd uintptr) bool {
+			nfd, sa, aerr = unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+			return aerr != unix.EAGAIN // nothing pending: wait until something is
+		})
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			// EMFILE, ENFILE, ENOBUFS, ENOMEM: wait for descriptors or
-			// memory to come back; the backlog holds the peers meanwhile.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.acceptErrors.Add(1)
-			s.logLimited.warn(s.log, "accept failed; retrying", "err", err, "retry_in", backoff)
-			time.Sleep(backoff)
+			return // the listener is closed
+		}
+		switch aerr {
+		case nil:
+		case unix.EINTR, unix.ECONNABORTED, unix.ECONNRESET:
+			continue // a peer gone before we took it; Go's Accept retries these too
+		default:
+			wait("accept failed; retrying", os.NewSyscallError("accept4", aerr))
 			continue
 		}
-		tc, ok := c.(*net.TCPConn)
-		if !ok {
-			_ = c.Close()
+		if err := s.accepted(nfd, sa, local); err != nil && !s.closing.Load() {
+			// Handing it to a loop failed (the loop's queue refused it, or
+			// setsockopt did): wait it out as an accept error.
+			wait("handing a connection to an event loop failed; retrying", err)
 			continue
 		}
-		if err := s.accepted(tc, ticket); err != nil && !s.closing.Load() {
-			// gnet dups the descriptor: at the limit that fails as accept
-			// does, and is waited out the same way.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.acceptErrors.Add(1)
-			s.logLimited.warn(s.log, "handing a connection to an event loop failed; retrying", "err", err, "retry_in", backoff)
-			time.Sleep(backoff)
+		if s.enrollFailedFlag.Swap(false) && !s.closing.Load() {
+			// A loop could not register one (epoll_ctl failing: ENOSPC
+			// past max_user_watches, ENOMEM): it was closed there; slow
+			// down as for an accept error.
+			wait("an event loop could not register a connection; retrying", errors.New("epoll_ctl failed"))
 			continue
 		}
 		backoff = 0
 	}
 }
 
-// enrollTicket goes with a connection handed to gnet (as its context until
-// OnOpen replaces it), so that the acceptor can tell whether OnOpen ran:
-// gnet's Enroll reports no error when the loop fails to register the
-// connection (epoll_ctl failing, ENOSPC past max_user_watches, say), it
-// closes it and OnOpen never runs. One per acceptor, reused.
-type enrollTicket struct{ opened atomic.Bool }
-
-// accepted admits or refuses one accepted connection; an error means it
-// was admitted but could not be handed to a loop (and is closed).
-func (s *Server) accepted(c *net.TCPConn, ticket *enrollTicket) error {
-	peer := addrOf(c.RemoteAddr())
+// accepted admits or refuses one accepted socket (gnet or the refusal owns
+// fd from here on); an error means it was admitted but could not be handed
+// to a loop (and is closed, its admission returned).
+func (s *Server) accepted(fd int, sa unix.Sockaddr, local *localAddrs) error {
+	peer, remote := sockaddrAddrs(sa)
 	a := s.admit
 	v, tracked := a.atAccept(peer, monoNow())
 	if v != admitOK {
 		a.reject(v)
-		refuseAtAccept(c, a.response(v))
+		refuseAtAccept(fd, a.response(v))
 		s.logLimited.debug(s.log, "connection refused at accept", "client", peer, "reason", v.String())
 		return nil
 	}
 	// OnOpen works out again whether the connection was counted under its
 	// peer's address (the same rule as atAccept's): nothing travels along.
-	ticket.opened.Store(false)
-	_, err := s.cli.EnrollContext(c, ticket)
-	if err == nil && !ticket.opened.Load() {
-		err = errors.New("the event loop did not register the connection")
-	}
+	err := s.cli.EnrollAccepted(fd, sa, local.of(fd), remote, nil, s.enrollFailedFn)
 	if err != nil {
 		a.release()
 		if tracked {
 			a.ips.release(peer)
 		}
-		_ = c.Close() // Enroll has closed it already when it got that far; harmless
 		return err
 	}
 	return nil
 }
 
-// refuseAtAccept answers a connection refused at accept and closes it.
+// enrollFailed is called on a loop that could not register a connection
+// handed to it (gnet has closed it; OnOpen did not run): its admission is
+// returned and the acceptor told to slow down.
+func (s *Server) enrollFailed(remote net.Addr, err error) {
+	s.releaseAdmission(remote)
+	s.enrollFailedFlag.Store(true)
+	s.logLimited.warn(s.log, "an event loop could not register a connection", "err", err)
+}
+
+// refuseAtAccept answers a socket refused at accept and closes it.
 // Whatever part of the request has arrived is read first: closing a socket
 // with unread bytes resets it, and a reset can destroy the answer before
 // the client reads it.
-func refuseAtAccept(c *net.TCPConn, resp []byte) {
-	rc, err := c.SyscallConn()
-	if err == nil {
-		var scratch [1024]byte
-		_ = rc.Read(func(fd uintptr) bool {
-			_, _ = unix.Read(int(fd), scratch[:]) // one non-blocking try
-			return true
-		})
-		_ = rc.Write(func(fd uintptr) bool {
-			_, _ = unix.Write(int(fd), resp) // a new socket's send buffer takes it whole
-			return true
-		})
-	}
-	_ = c.Close()
+func refuseAtAccept(fd int, resp []byte) {
+	var scratch [1024]byte
+	_, _ = unix.Read(fd, scratch[:]) // one non-blocking try
+	_, _ = unix.Write(fd, resp)      // a new socket's send buffer takes it whole
+	_ = unix.Close(fd)
 }
 
-// compactAddrs trims what a connection's two addresses keep alive. Go's
-// accept builds each *net.TCPAddr with an IP slice that points into the
-// sockaddr it decoded, so each address pins that sockaddr too, for as long
-// as gnet keeps the address (the connection's life): about 80 bytes a
-// connection. The local address gets the loop's shared copy of its IP
-// (every connection of a listener has one of very few), the remote one a
-// copy of just its bytes. Run on the connection's loop in OnOpen, before
-// anything else reads them.
-func (l *loop) compactAddrs(c gnet.Conn) {
-	if la, ok := c.LocalAddr().(*net.TCPAddr); ok {
-		if !bytes.Equal(la.IP, l.localIP) {
-			l.localIP = append(net.IP(nil), la.IP...)
+// sockaddrAddrs converts a peer's socket address into what admission
+// keys on and the *net.TCPAddr its connection keeps (an IP of its own, 4
+// or 16 bytes, and nothing else: the smallest that can be kept).
+func sockaddrAddrs(sa unix.Sockaddr) (netip.Addr, *net.TCPAddr) {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrFrom4(sa.Addr), &net.TCPAddr{IP: append(make(net.IP, 0, net.IPv4len), sa.Addr[:]...), Port: sa.Port}
+	case *unix.SockaddrInet6:
+		a := netip.AddrFrom16(sa.Addr)
+		if a.Is4In6() {
+			ip4 := a.Unmap().As4()
+			return a.Unmap(), &net.TCPAddr{IP: append(make(net.IP, 0, net.IPv4len), ip4[:]...), Port: sa.Port}
 		}
-		la.IP = l.localIP
+		return a, &net.TCPAddr{IP: append(make(net.IP, 0, net.IPv6len), sa.Addr[:]...), Port: sa.Port}
 	}
-	if ra, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		if ip4 := ra.IP.To4(); ip4 != nil {
-			ra.IP = append(make(net.IP, 0, net.IPv4len), ip4...)
-		} else {
-			ra.IP = append(make(net.IP, 0, net.IPv6len), ra.IP...)
-		}
+	return netip.Addr{}, &net.TCPAddr{}
+}
+
+// localAddrs gives accepted connections their local address, shared: the
+// listener's own when it is bound to one address, else (a wildcard
+// listener) the socket's as getsockname tells, one *net.TCPAddr kept for
+// the local address seen last. Used by the acceptor only; the addresses it
+// hands out are never changed.
+type localAddrs struct {
+	fixed *net.TCPAddr // the listener's address when it is not a wildcard
+	last  *net.TCPAddr
+}
+
+func newLocalAddrs(ln net.Addr) *localAddrs {
+	l := &localAddrs{}
+	if ta, ok := ln.(*net.TCPAddr); ok && !ta.IP.IsUnspecified() && ta.Zone == "" {
+		l.fixed = &net.TCPAddr{IP: ta.IP, Port: ta.Port}
 	}
+	return l
+}
+
+func (l *localAddrs) of(fd int) net.Addr {
+	if l.fixed != nil {
+		return l.fixed
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return &net.TCPAddr{}
+	}
+	_, a := sockaddrAddrs(sa)
+	if l.last != nil && l.last.Port == a.Port && l.last.IP.Equal(a.IP) {
+		return l.last
+	}
+	l.last = a
+	return a
 }

@@ -29,9 +29,6 @@ type loop struct {
 	wheel *session.Wheel
 	hs    *handshaker
 	proxy proxyParser
-	// localIP is the IP of the last connection's local address, shared by
-	// every connection's address that has the same (compactAddrs).
-	localIP []byte
 
 	// depth counts the entries from gnet into the loop in progress (a
 	// callback for a connection, or a task). Connections that gnet closes
@@ -174,7 +171,6 @@ func (l *loop) open(c gnet.Conn) ([]byte, gnet.Action) {
 		l.metrics.bytesOut.add(uint64(len(respFull)))
 		return respFull, gnet.Close
 	}
-	l.compactAddrs(c)
 	ss.Conn = c
 	ss.Loop = l.idx
 	if a := l.srv.admit; len(a.trusted) > 0 || a.ips != nil {

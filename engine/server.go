@@ -38,7 +38,7 @@ type Server struct {
 
 	start    time.Time
 	cli      *gnet.Client // gnet's event loops, without a gnet listener (see listen.go)
-	ln       net.Listener
+	ln       *listener
 	acceptWG sync.WaitGroup
 	addr     net.Addr
 	running  atomic.Bool
@@ -46,8 +46,12 @@ type Server struct {
 	admit        *admission
 	lim          connLimits
 	acceptErrors atomic.Uint64
-	logLimited   logLimiter
-	janitorStop  chan struct{}
+	// enrollFailedFn (the method enrollFailed) runs on a loop that could
+	// not register a connection; it sets enrollFailedFlag for the acceptor.
+	enrollFailedFn   func(net.Addr, error)
+	enrollFailedFlag atomic.Bool
+	logLimited       logLimiter
+	janitorStop      chan struct{}
 
 	loopsMu sync.Mutex
 	loops   [maxLoops]atomic.Pointer[loop]
@@ -82,6 +86,7 @@ func New(cfg Config) (*Server, error) {
 		lim:         newConnLimits(&cfg),
 		janitorStop: make(chan struct{}),
 	}
+	s.enrollFailedFn = s.enrollFailed
 	s.timeouts = session.Timeouts{
 		Handshake: cfg.ticks(cfg.HandshakeTimeout),
 		Ping:      cfg.ticks(cfg.PingInterval),
@@ -318,10 +323,6 @@ func (s *Server) OnShutdown(gnet.Engine) {}
 
 // OnOpen registers a new TCP connection as a handshaking session.
 func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
-	if t, ok := c.Context().(*enrollTicket); ok {
-		t.opened.Store(true)
-		c.SetContext(nil)
-	}
 	l := s.loopOf(c.EventLoop())
 	if s.closing.Load() {
 		s.releaseAdmission(c.RemoteAddr())

@@ -30,6 +30,13 @@
 // per second of wall time and per server CPU-second and the handshake
 // latency; round 2 on presents the same tokens again (a reconnect storm).
 //
+//	wsbench echo [-url ws://127.0.0.1:8080/echo] [-n 1000] [-size 64] [-window 1] [-duration 10s]
+//
+// opens N connections to an echo endpoint (wsd's --echo-path, or the
+// baseline bin/gnetecho), keeps -window messages in flight on each, and
+// prints messages per second and per server CPU-second and the round-trip
+// p50/p99/p999.
+//
 //	wsbench tokens -key private.pem [-n 10000] [-alg RS256] [-exp 1h] > tokens.txt
 //
 // signs N tokens (sub user0 … user<N-1>), one a line.
@@ -80,7 +87,7 @@ func main() {
 		stop() // the first signal stops the run cleanly; a second one kills at once
 	}()
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: wsbench idle|slow|broadcast|connect|tokens|soak|storm|servers [flags]   (wsbench idle -h, … for the flags)\n       wsbench broadcast-summary RESULT.json…")
+		fmt.Fprintln(os.Stderr, "usage: wsbench idle|slow|broadcast|connect|echo|tokens|soak|storm|servers [flags]   (wsbench idle -h, … for the flags)\n       wsbench broadcast-summary RESULT.json…")
 		os.Exit(2)
 	}
 	var err error
@@ -103,6 +110,8 @@ func main() {
 		err = storm(ctx, os.Args[2:])
 	case "servers":
 		err = servers(ctx, os.Args[2:])
+	case "echo":
+		err = echo(ctx, os.Args[2:])
 	case "storm-worker":
 		err = bench.RunStormWorkerArgs(os.Args[2:], os.Stdout, os.Stdin) // ends when the coordinator closes its stdin
 	case "idle-worker":
@@ -110,7 +119,7 @@ func main() {
 	case "broadcast-worker":
 		err = broadcastWorker(ctx, os.Args[2:])
 	default:
-		fmt.Fprintf(os.Stderr, "wsbench: unknown command %q (want idle, slow, broadcast, broadcast-summary, connect, tokens, soak, storm or servers)\n", os.Args[1])
+		fmt.Fprintf(os.Stderr, "wsbench: unknown command %q (want idle, slow, broadcast, broadcast-summary, connect, echo, tokens, soak, storm or servers)\n", os.Args[1])
 		os.Exit(2)
 	}
 	if errors.Is(err, flag.ErrHelp) {
@@ -395,8 +404,13 @@ func connect(ctx context.Context, args []string) error {
 	fs.StringVar(&o.TokenIn, "token-in", bench.TokenInHeader, "where the token goes: header (Authorization: Bearer) or query (?token=)")
 	fs.StringVar(&source, "source", "127.0.0.2", "source address; every further -per-source connections, and every round, use the next address (\"\": any)")
 	fs.IntVar(&o.PerSource, "per-source", 10000, "connections per source address")
-	fs.IntVar(&o.ServerPID, "server-pid", 0, "the server's process, whose CPU time is read from /proc (default: the process listening on -url's port; -1: do not measure)")
-	fs.DurationVar(&o.Pause, "pause", 2*time.Second, "between rounds, after closing, for the server to finish the closes")
+	fs.IntVar(&o.ServerPID, "server-pid", 0, "the server's process, whose CPU time is read from /proc (default: every process listening on -url's port, summed; -1: do not measure)")
+	fs.DurationVar(&o.Pause, "pause", 2*time.Second, "between rounds, after closing, for the server to finish the closes (and after opening -held)")
+	fs.DurationVar(&o.Linger, "linger", 0, "keep each round's connections open this long after its last handshake before closing them (to profile the handshakes alone)")
+	var heldSource string
+	fs.IntVar(&o.Held, "held", 0, "first open this many connections from client processes of their own and hold them (pings answered) for the whole run")
+	fs.IntVar(&o.HeldPerProcess, "held-per-process", 10000, "held connections per client process")
+	fs.StringVar(&heldSource, "held-source", "127.0.0.200", "source address of the first held-connection process; process i uses this address + i")
 	fs.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "bound on the whole run")
 	fs.StringVar(&jsonOut, "json", "", "also write the result as JSON to this file")
 	if err := fs.Parse(args); err != nil {
@@ -408,6 +422,11 @@ func connect(ctx context.Context, args []string) error {
 	if source != "" {
 		if o.Source = net.ParseIP(source); o.Source == nil {
 			return fmt.Errorf("bad -source %q", source)
+		}
+	}
+	if o.Held > 0 {
+		if o.HeldSource = net.ParseIP(heldSource); o.HeldSource == nil {
+			return fmt.Errorf("bad -held-source %q", heldSource)
 		}
 	}
 	if tokenFile != "" {
@@ -432,6 +451,45 @@ func connect(ctx context.Context, args []string) error {
 		return fmt.Errorf("%d handshakes failed", n)
 	}
 	return nil
+}
+
+func echo(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("wsbench echo", flag.ContinueOnError)
+	var o bench.EchoOptions
+	var source, jsonOut string
+	fs.StringVar(&o.URL, "url", "ws://127.0.0.1:8080/echo", "WebSocket URL of an echo endpoint (wsd --echo-path /echo, or bin/gnetecho)")
+	fs.IntVar(&o.N, "n", 1000, "connections (this process holds them all: one file descriptor each)")
+	fs.IntVar(&o.Size, "size", 64, "bytes a message (at least 8)")
+	fs.IntVar(&o.Window, "window", 1, "messages in flight per connection")
+	fs.DurationVar(&o.Warmup, "warmup", 2*time.Second, "echo this long before measuring")
+	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "measure this long")
+	fs.IntVar(&o.Loops, "loops", 1, "the client's event loops")
+	fs.IntVar(&o.Concurrency, "concurrency", 64, "dials in flight while opening")
+	fs.StringVar(&source, "source", "127.0.0.2", "source address; every further 10,000 connections use the next address (\"\": any)")
+	fs.IntVar(&o.ServerPID, "server-pid", 0, "the server's process (default: every process listening on -url's port, summed; -1: do not measure)")
+	fs.DurationVar(&o.Timeout, "timeout", 2*time.Minute, "bound on opening the connections")
+	fs.StringVar(&jsonOut, "json", "", "also write the result as JSON to this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if source != "" {
+		if o.Source = net.ParseIP(source); o.Source == nil {
+			return fmt.Errorf("bad -source %q", source)
+		}
+	}
+	o.Progress = os.Stderr
+	o.Terminal = isTerminal(os.Stderr)
+	r, err := bench.RunEcho(ctx, o)
+	if r != nil {
+		r.Print(os.Stdout)
+		if err := writeJSON(jsonOut, r); err != nil {
+			return err
+		}
+	}
+	return err
 }
 
 func tokens(args []string) error {
