@@ -3,7 +3,7 @@ package engine
 import (
 	"net/netip"
 
-	"github.com/panjf2000/gnet/v2"
+	"github.com/wsdproject/wsd/internal/gnet"
 
 	"github.com/wsdproject/wsd/session"
 )

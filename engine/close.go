@@ -3,7 +3,7 @@ package engine
 import (
 	"net"
 
-	"github.com/panjf2000/gnet/v2"
+	"github.com/wsdproject/wsd/internal/gnet"
 	"golang.org/x/sys/unix"
 
 	"github.com/wsdproject/wsd/frame"

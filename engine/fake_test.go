@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/panjf2000/gnet/v2"
+	"github.com/wsdproject/wsd/internal/gnet"
 
 	"github.com/wsdproject/wsd/frame"
 	"github.com/wsdproject/wsd/session"

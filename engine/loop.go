@@ -6,7 +6,7 @@ import (
 	"net"
 	"sync/atomic"
 
-	"github.com/panjf2000/gnet/v2"
+	"github.com/wsdproject/wsd/internal/gnet"
 
 	"github.com/wsdproject/wsd/frame"
 	"github.com/wsdproject/wsd/session"

@@ -9,7 +9,7 @@
 package session
 
 import (
-	"github.com/panjf2000/gnet/v2"
+	"github.com/wsdproject/wsd/internal/gnet"
 
 	"github.com/wsdproject/wsd/frame"
 )
