@@ -4,7 +4,7 @@ BIN       := bin
 NODE_DIR  := internal/interop/node
 FUZZTIME  ?= 30s
 
-.PHONY: all build run test test-go interop-deps conformance fuzz bench bench-idle clean generate
+.PHONY: all build run test test-go interop-deps conformance fuzz bench bench-smoke bench-idle clean generate
 
 all: build
 
@@ -52,6 +52,11 @@ fuzz:
 ## bench: allocation and speed benchmarks of the hot paths
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./frame ./engine ./session
+
+## bench-smoke: idle, connect and echo at a small scale against a wsd and the baseline (gnetecho)
+## that it starts itself, with one table of figures (well under a minute)
+bench-smoke: build
+	$(BIN)/wsbench smoke
 
 ## bench-idle: N idle connections against a running wsd (see bench/README.md); N=19000 by default
 N ?= 19000

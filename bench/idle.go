@@ -262,8 +262,8 @@ func RunIdle(ctx context.Context, o IdleOptions) (*IdleResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	if before.Open > 0 {
-		fmt.Fprintf(os.Stderr, "wsbench: note: the servers already have %.0f connections open; they are not counted\n", before.Open)
+	if others := before.Open - float64(probe.opened()); others > 0 {
+		fmt.Fprintf(os.Stderr, "wsbench: note: the servers already have %.0f connections open; they are not counted\n", others)
 	}
 	self, err := os.Executable()
 	if err != nil {

@@ -43,6 +43,14 @@ func newProbe(ctx context.Context, target, path string) *probe {
 	return p
 }
 
+// opened is 1 if the probe's connection was made, else 0.
+func (p *probe) opened() int {
+	if p.c == nil {
+		return 0
+	}
+	return 1
+}
+
 func (p *probe) fail(err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -87,7 +87,7 @@ func main() {
 		stop() // the first signal stops the run cleanly; a second one kills at once
 	}()
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: wsbench idle|slow|broadcast|connect|echo|tokens|soak|storm|servers [flags]   (wsbench idle -h, … for the flags)\n       wsbench broadcast-summary RESULT.json…")
+		fmt.Fprintln(os.Stderr, "usage: wsbench idle|slow|broadcast|connect|echo|tokens|soak|storm|servers|smoke [flags]   (wsbench idle -h, … for the flags)\n       wsbench broadcast-summary RESULT.json…")
 		os.Exit(2)
 	}
 	var err error
@@ -110,6 +110,8 @@ func main() {
 		err = storm(ctx, os.Args[2:])
 	case "servers":
 		err = servers(ctx, os.Args[2:])
+	case "smoke":
+		err = smoke(ctx, os.Args[2:])
 	case "echo":
 		err = echo(ctx, os.Args[2:])
 	case "storm-worker":
@@ -119,7 +121,7 @@ func main() {
 	case "broadcast-worker":
 		err = broadcastWorker(ctx, os.Args[2:])
 	default:
-		fmt.Fprintf(os.Stderr, "wsbench: unknown command %q (want idle, slow, broadcast, broadcast-summary, connect, echo, tokens, soak, storm or servers)\n", os.Args[1])
+		fmt.Fprintf(os.Stderr, "wsbench: unknown command %q (want idle, slow, broadcast, broadcast-summary, connect, echo, tokens, soak, storm, servers or smoke)\n", os.Args[1])
 		os.Exit(2)
 	}
 	if errors.Is(err, flag.ErrHelp) {
@@ -196,6 +198,51 @@ func defaultPerProcess() int {
 		return 1000
 	}
 	return int(min(rl.Cur-2000, 100000))
+}
+
+func smoke(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("wsbench smoke", flag.ContinueOnError)
+	var o bench.SmokeOptions
+	var jsonOut, source string
+	self, _ := os.Executable()
+	dir := filepath.Dir(self)
+	fs.StringVar(&o.Wsd, "wsd", filepath.Join(dir, "wsd"), "the wsd binary")
+	fs.StringVar(&o.Baseline, "baseline", filepath.Join(dir, "gnetecho"), "the baseline server (gnet + gobwas/ws echo); empty: skip it")
+	fs.StringVar(&o.Dir, "dir", "", "logs and results go here (default: a new temporary directory)")
+	fs.IntVar(&o.Idle, "idle", 5000, "idle connections")
+	fs.IntVar(&o.Connect, "connect", 5000, "handshakes")
+	fs.IntVar(&o.Echo, "echo", 100, "echo connections")
+	fs.DurationVar(&o.EchoTime, "echo-duration", 3*time.Second, "echo measurement")
+	fs.StringVar(&source, "source", "127.0.0.2", "first source address; the modes use it and the next four")
+	fs.StringVar(&jsonOut, "json", "", "also write the results as JSON to this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if o.Source = net.ParseIP(source); o.Source == nil {
+		return fmt.Errorf("bad -source %q", source)
+	}
+	if o.Dir == "" {
+		var err error
+		if o.Dir, err = os.MkdirTemp("", "wsbench-smoke-"); err != nil {
+			return err
+		}
+	}
+	o.Out = os.Stderr
+	r, err := bench.RunSmoke(ctx, o)
+	if err != nil {
+		return err
+	}
+	r.Print(os.Stdout)
+	if err := writeJSON(jsonOut, r); err != nil {
+		return err
+	}
+	if v := r.Idle.Verdict(); v != "" {
+		return errors.New("idle: " + v)
+	}
+	return nil
 }
 
 func servers(ctx context.Context, args []string) error {
