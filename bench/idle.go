@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -159,18 +160,7 @@ type workerReport struct {
 func ScrapeAll(admins []string) (Sample, error) {
 	samples := make([]Sample, len(admins))
 	errs := make([]error, len(admins))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
-	for i, a := range admins {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			samples[i], errs[i] = Scrape(a)
-		}()
-	}
-	wg.Wait()
+	eachAdmin(admins, func(i int, a string) { samples[i], errs[i] = Scrape(a) })
 	if err := errors.Join(errs...); err != nil {
 		return Sample{}, err
 	}
@@ -196,35 +186,38 @@ func ScrapeAll(admins []string) (Sample, error) {
 // profile's gc=1 (wsd serves it with --pprof). It reports false if any
 // server does not serve it.
 func forceGC(admins []string) bool {
-	ok := true
-	var mu sync.Mutex
+	ok := make([]bool, len(admins))
+	c := &http.Client{Timeout: 30 * time.Second}
+	eachAdmin(admins, func(i int, a string) {
+		resp, err := c.Get(strings.TrimSuffix(a, "/") + "/debug/pprof/heap?gc=1")
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		// pprof answers with the profile as an attachment; anything
+		// else (a 404, a page that answers every path) forced nothing.
+		ok[i] = resp.StatusCode == http.StatusOK && strings.Contains(resp.Header.Get("Content-Disposition"), `filename="heap"`)
+	})
+	return !slices.Contains(ok, false)
+}
+
+// eachAdmin calls f for every admin URL, at most 8 at a time (a scrape
+// costs each server a walk of its descriptors), and returns when all
+// have returned.
+func eachAdmin(admins []string, f func(i int, admin string)) {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 8)
-	c := &http.Client{Timeout: 30 * time.Second}
-	for _, a := range admins {
+	for i, a := range admins {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			resp, err := c.Get(strings.TrimSuffix(a, "/") + "/debug/pprof/heap?gc=1")
-			// pprof answers with the profile as an attachment; anything
-			// else (a 404, a page that answers every path) forced nothing.
-			good := err == nil && resp.StatusCode == http.StatusOK &&
-				strings.Contains(resp.Header.Get("Content-Disposition"), `filename="heap"`)
-			if err == nil {
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-			}
-			if !good {
-				mu.Lock()
-				ok = false
-				mu.Unlock()
-			}
+			f(i, a)
 		}()
 	}
 	wg.Wait()
-	return ok
 }
 
 // RunIdle runs the coordinator: it starts client processes (this binary's

@@ -223,28 +223,19 @@ func (s *Servers) stopAll() error {
 func SumMetrics(ctx context.Context, admins []string) (Metrics, error) {
 	sum := Metrics{}
 	var mu sync.Mutex
-	var wg sync.WaitGroup
 	errs := make([]error, len(admins))
-	sem := make(chan struct{}, 8)
-	for i, a := range admins {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			m, err := ScrapeMetrics(ctx, a, 10*time.Second)
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			mu.Lock()
-			for k, v := range m {
-				sum[k] += v
-			}
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
+	eachAdmin(admins, func(i int, a string) {
+		m, err := ScrapeMetrics(ctx, a, 10*time.Second)
+		if err != nil {
+			errs[i] = err
+			return
+		}
+		mu.Lock()
+		for k, v := range m {
+			sum[k] += v
+		}
+		mu.Unlock()
+	})
 	return sum, errors.Join(errs...)
 }
 
