@@ -848,11 +848,44 @@ func (r *BroadcastResult) Print(w io.Writer) {
 // ProcCPUSeconds returns a process's CPU time so far, utime+stime from
 // /proc/PID/stat (in clock ticks of 1/100 s, Linux's USER_HZ).
 func ProcCPUSeconds(pid int) (float64, error) {
+	if v, ok := schedstatCPU(pid); ok {
+		return v, nil
+	}
 	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
 	if err != nil {
 		return 0, err
 	}
 	return parseProcStatCPU(b)
+}
+
+// schedstatCPU sums the time on CPU of every thread of pid, in
+// nanoseconds, from /proc/PID/task/*/schedstat: /proc/PID/stat counts in
+// clock ticks (10 ms), which over a 0.3 s storm is a 3% step. It misses
+// the time of threads that have exited (a Go program keeps its threads);
+// false when the kernel does not keep schedstats.
+func schedstatCPU(pid int) (float64, bool) {
+	dir := filepath.Join("/proc", strconv.Itoa(pid), "task")
+	tasks, err := os.ReadDir(dir)
+	if err != nil || len(tasks) == 0 {
+		return 0, false
+	}
+	var ns uint64
+	for _, t := range tasks {
+		b, err := os.ReadFile(filepath.Join(dir, t.Name(), "schedstat"))
+		if err != nil {
+			continue // the thread has just exited
+		}
+		f := strings.Fields(string(b))
+		if len(f) < 1 {
+			return 0, false
+		}
+		v, err := strconv.ParseUint(f[0], 10, 64)
+		if err != nil {
+			return 0, false
+		}
+		ns += v
+	}
+	return float64(ns) / 1e9, true
 }
 
 func parseProcStatCPU(b []byte) (float64, error) {

@@ -403,6 +403,28 @@ func TestParseProcStat(t *testing.T) {
 	if err != nil || self < 0 {
 		t.Fatalf("ProcCPUSeconds(self) = %v, %v", self, err)
 	}
+	// The per-thread figure (nanoseconds) and the process's own (clock
+	// ticks) tell the same time, here after 300 ms of work.
+	x := 0
+	for end := time.Now().Add(300 * time.Millisecond); time.Now().Before(end); {
+		x++
+	}
+	_ = x
+	fine, ok := schedstatCPU(os.Getpid())
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	coarse, err := parseProcStatCPU(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ok {
+		t.Skip("no schedstat on this kernel")
+	}
+	if fine < 0.3 || math.Abs(fine-coarse) > 0.05+0.1*coarse {
+		t.Fatalf("CPU from schedstat %.3f s, from stat %.3f s", fine, coarse)
+	}
 }
 
 func TestListenInodes(t *testing.T) {
