@@ -216,3 +216,41 @@ func TestGenerateTokens(t *testing.T) {
 		t.Fatal("an unknown algorithm: no error")
 	}
 }
+
+// TestConnectOntoHeld: -held opens its connections first, from processes
+// of their own, keeps them through the round (the server holds both), and
+// reports none dropped; a holder that cannot connect fails the run.
+func TestConnectOntoHeld(t *testing.T) {
+	s := stack.Start(t, stack.Options{})
+	r, err := RunConnect(context.Background(), ConnectOptions{
+		URL: "ws://" + s.Addr + "/ws", N: 100, Concurrency: 16, Rounds: 1, TokenIn: TokenInHeader,
+		Source: net.IPv4(127, 0, 0, 2), PerSource: 150, ServerPID: os.Getpid(), Timeout: time.Minute,
+		Held: 200, HeldPerProcess: 100, HeldSource: net.IPv4(127, 0, 1, 2),
+		held: func(round, open int) {
+			if got := s.Srv.OpenConnections(); got != 300 {
+				t.Errorf("with the round's connections open the server holds %d, want 200 held + 100", got)
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Held != 200 || r.HeldDropped != 0 || r.Rounds[0].Completed != 100 {
+		t.Fatalf("held %d (dropped %d), round completed %d", r.Held, r.HeldDropped, r.Rounds[0].Completed)
+	}
+
+	// Nothing listens here: every holder's dial fails, after its retries.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	_, err = RunConnect(context.Background(), ConnectOptions{
+		URL: "ws://" + addr + "/ws", N: 10, Concurrency: 4, Rounds: 1, TokenIn: TokenInHeader, ServerPID: -1, Timeout: 30 * time.Second,
+		Held: 5, HeldPerProcess: 5, HeldSource: net.IPv4(127, 0, 2, 2),
+	})
+	if err == nil || !strings.Contains(err.Error(), "5 of 5 connections failed") {
+		t.Fatalf("holders against a closed port: %v", err)
+	}
+}

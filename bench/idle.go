@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -258,97 +257,15 @@ func RunIdle(ctx context.Context, o IdleOptions) (*IdleResult, error) {
 	if others := before.Open - float64(probe.opened()); others > 0 {
 		fmt.Fprintf(os.Stderr, "wsbench: note: the servers already have %.0f connections open; they are not counted\n", others)
 	}
-	self, err := os.Executable()
+	workers, err := startWorkers(ctx, workerSpec{url: o.URL, n: o.N, perProcess: o.PerProcess, source: o.Source,
+		concurrency: o.Concurrency, loops: o.Loops, subscribe: o.Subscribe, name: "client process"})
 	if err != nil {
 		return nil, err
 	}
-	procs := (o.N + o.PerProcess - 1) / o.PerProcess
-	reports := make([]workerReport, procs)
-	var mu sync.Mutex
-	var workers []*exec.Cmd
-	var stdins []io.WriteCloser
-	errc := make(chan error, procs)
-	defer func() {
-		for _, in := range stdins {
-			in.Close() // workers exit when their stdin closes
-		}
-		// They close their connections at once, all together: give them
-		// one deadline, scaled with what they hold, then kill the rest.
-		deadline := time.After(15*time.Second + time.Duration(o.N)*time.Second/20000)
-		expired := false
-		for _, w := range workers {
-			done := make(chan struct{})
-			go func() { w.Wait(); close(done) }()
-			if !expired {
-				select {
-				case <-done:
-					continue
-				case <-deadline:
-					expired = true
-				}
-			}
-			w.Process.Kill()
-			<-done
-		}
-	}()
+	defer workers.close(0)
+	procs, total, errc := workers.procs(), workers.total, workers.errc
 	res := &IdleResult{Servers: len(o.Admins), Processes: procs, HeapForcedGC: gcBefore}
 	start := time.Now()
-	for i := range procs {
-		n := o.PerProcess
-		if rest := o.N - i*o.PerProcess; rest < n {
-			n = rest
-		}
-		src := addIP(o.Source, i)
-		cmd := exec.CommandContext(ctx, self, "idle-worker",
-			"-url", o.URL, "-n", strconv.Itoa(n), "-source", src.String(),
-			"-concurrency", strconv.Itoa(o.Concurrency), "-loops", strconv.Itoa(o.Loops), "-subscribe", o.Subscribe)
-		cmd.Stderr = os.Stderr
-		out, _ := cmd.StdoutPipe()
-		in, _ := cmd.StdinPipe()
-		if err := cmd.Start(); err != nil {
-			return nil, fmt.Errorf("start client process %d: %w", i, err)
-		}
-		workers = append(workers, cmd)
-		stdins = append(stdins, in)
-		go func(i int, r io.Reader) {
-			sc := bufio.NewScanner(r)
-			for sc.Scan() {
-				var rep workerReport
-				if json.Unmarshal(sc.Bytes(), &rep) != nil {
-					continue
-				}
-				mu.Lock()
-				reports[i] = rep
-				mu.Unlock()
-				if rep.Err != "" {
-					errc <- fmt.Errorf("client process %d (%s): %s", i, src, rep.Err)
-				}
-			}
-		}(i, out)
-	}
-	total := func() (w workerReport, done int) {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, r := range reports {
-			w.Connected += r.Connected
-			w.Failed += r.Failed
-			w.Dropped += r.Dropped
-			w.Pings += r.Pings
-			w.PingsSent += r.PingsSent
-			w.Pongs += r.Pongs
-			w.Retried += r.Retried
-			if w.FirstErr == "" {
-				w.FirstErr = r.FirstErr
-			}
-			if w.RetryErr == "" {
-				w.RetryErr = r.RetryErr
-			}
-			if r.Done {
-				done++
-			}
-		}
-		return w, done
-	}
 	pl := progressLine{w: o.Progress, terminal: o.Terminal}
 	var lastLine time.Time
 	var lastServers Sample
@@ -442,10 +359,7 @@ func RunIdle(ctx context.Context, o IdleOptions) (*IdleResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	clientRSS := 0.0
-	for _, w := range workers {
-		clientRSS += procRSS(w.Process.Pid)
-	}
+	clientRSS := workers.rss()
 	if err := wait(o.Hold, "hold"); err != nil {
 		return nil, err
 	}
@@ -457,9 +371,7 @@ func RunIdle(ctx context.Context, o IdleOptions) (*IdleResult, error) {
 
 	if !o.NoPingCheck {
 		res.PingCheck = true
-		for _, in := range stdins {
-			fmt.Fprintln(in, "ping")
-		}
+		workers.send("ping")
 		pingStart := time.Now()
 		limit := time.After(10*time.Second + time.Duration(o.N)*time.Second/20000)
 	waitPongs:
