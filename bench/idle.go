@@ -113,6 +113,20 @@ type IdleResult struct {
 	ProbeRTTEndMillisec float64
 }
 
+// MarshalJSON writes the probe's last round trip as null when the probe
+// had failed (NaN, which encoding/json refuses: -json would fail).
+func (r IdleResult) MarshalJSON() ([]byte, error) {
+	type plain IdleResult
+	p := struct {
+		plain
+		ProbeRTTEndMillisec *float64
+	}{plain: plain(r)}
+	if !math.IsNaN(r.ProbeRTTEndMillisec) {
+		p.ProbeRTTEndMillisec = &r.ProbeRTTEndMillisec
+	}
+	return json.Marshal(p)
+}
+
 // IdleSample is one point of the run's curve: what the servers held and
 // what it cost at that moment, and how long one live connection's ping
 // took.

@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -69,6 +70,24 @@ func TestIdleRun(t *testing.T) {
 	}
 	if !r.PingCheck || r.PingsSent != 300 || r.PongsReceived != 300 || r.Verdict() != "" {
 		t.Fatalf("final ping check: %d sent, %d answered; verdict %q", r.PingsSent, r.PongsReceived, r.Verdict())
+	}
+	// A failed probe (NaN) still writes as JSON, as null; a working one
+	// as its figure, under the same name.
+	for rtt, want := range map[float64]any{math.NaN(): nil, 1.5: 1.5} {
+		c := *r
+		c.ProbeRTTEndMillisec = rtt
+		c.Samples = append([]IdleSample{{ProbeRTTMillis: math.NaN()}}, c.Samples...)
+		b, err := json.Marshal(&c)
+		if err != nil {
+			t.Fatalf("JSON of a result with probe RTT %v: %v", rtt, err)
+		}
+		var back map[string]any
+		if err := json.Unmarshal(b, &back); err != nil {
+			t.Fatal(err)
+		}
+		if got := back["ProbeRTTEndMillisec"]; got != want {
+			t.Fatalf("probe RTT %v: %v in JSON, want %v", rtt, got, want)
+		}
 	}
 	if r.HeapForcedGC {
 		t.Fatal("this server serves no /debug/pprof, yet the run says it forced a GC")
