@@ -127,6 +127,8 @@ func (f *fakeLoop) Execute(_ context.Context, r gnet.Runnable) error {
 	return nil
 }
 
+func (f *fakeLoop) AdoptPending() {}
+
 func (f *fakeLoop) Close(c gnet.Conn) error {
 	c.(*fakeConn).gnetClose(nil)
 	return nil

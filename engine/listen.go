@@ -54,7 +54,12 @@ func (s *Server) listen() (*listener, error) {
 		Control: func(_, _ string, rc syscall.RawConn) error {
 			var serr error
 			err := rc.Control(func(fd uintptr) {
-				if s.cfg.ReusePort {
+				// Accepted sockets inherit TCP_NODELAY from the listening
+				// socket (Linux copies it into every child), which saves a
+				// setsockopt per connection: a handshake storm's CPU is
+				// mostly syscalls.
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+				if serr == nil && s.cfg.ReusePort {
 					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
 				}
 			})
@@ -116,16 +121,10 @@ func (s *Server) acceptLoop(ln *listener, wg *sync.WaitGroup) {
 			continue
 		}
 		if err := s.accepted(nfd, sa, local); err != nil && !s.closing.Load() {
-			// Handing it to a loop failed (the loop's queue refused it, or
-			// setsockopt did): wait it out as an accept error.
+			// Handing it to a loop failed (epoll_ctl: ENOSPC past
+			// max_user_watches, ENOMEM; or setsockopt): it is closed;
+			// wait it out as an accept error.
 			wait("handing a connection to an event loop failed; retrying", err)
-			continue
-		}
-		if s.enrollFailedFlag.Swap(false) && !s.closing.Load() {
-			// A loop could not register one (epoll_ctl failing: ENOSPC
-			// past max_user_watches, ENOMEM): it was closed there; slow
-			// down as for an accept error.
-			wait("an event loop could not register a connection; retrying", errors.New("epoll_ctl failed"))
 			continue
 		}
 		backoff = 0
@@ -147,7 +146,7 @@ func (s *Server) accepted(fd int, sa unix.Sockaddr, local *localAddrs) error {
 	}
 	// OnOpen works out again whether the connection was counted under its
 	// peer's address (the same rule as atAccept's): nothing travels along.
-	err := s.cli.EnrollAccepted(fd, sa, local.of(fd), remote, nil, s.enrollFailedFn)
+	err := s.cli.EnrollAccepted(fd, sa, local.of(fd), remote, nil)
 	if err != nil {
 		a.release()
 		if tracked {
@@ -156,15 +155,6 @@ func (s *Server) accepted(fd int, sa unix.Sockaddr, local *localAddrs) error {
 		return err
 	}
 	return nil
-}
-
-// enrollFailed is called on a loop that could not register a connection
-// handed to it (gnet has closed it; OnOpen did not run): its admission is
-// returned and the acceptor told to slow down.
-func (s *Server) enrollFailed(remote net.Addr, err error) {
-	s.releaseAdmission(remote)
-	s.enrollFailedFlag.Store(true)
-	s.logLimited.warn(s.log, "an event loop could not register a connection", "err", err)
 }
 
 // refuseAtAccept answers a socket refused at accept and closes it.

@@ -91,6 +91,10 @@ func newLoop(s *Server, idx uint8, el gnet.EventLoop) *loop {
 		l.deflater = frame.NewDeflater(c.CompressionLevel)
 	}
 	l.tickTask = gnet.RunnableFunc(func(context.Context) error {
+		// A connection the acceptor handed over is adopted when its first
+		// bytes arrive; one that sends nothing is adopted here, so its
+		// handshake timer starts at most a tick late.
+		l.el.AdoptPending()
 		l.enter()
 		l.tick()
 		l.leave()

@@ -46,12 +46,8 @@ type Server struct {
 	admit        *admission
 	lim          connLimits
 	acceptErrors atomic.Uint64
-	// enrollFailedFn (the method enrollFailed) runs on a loop that could
-	// not register a connection; it sets enrollFailedFlag for the acceptor.
-	enrollFailedFn   func(net.Addr, error)
-	enrollFailedFlag atomic.Bool
-	logLimited       logLimiter
-	janitorStop      chan struct{}
+	logLimited   logLimiter
+	janitorStop  chan struct{}
 
 	loopsMu sync.Mutex
 	loops   [maxLoops]atomic.Pointer[loop]
@@ -86,7 +82,6 @@ func New(cfg Config) (*Server, error) {
 		lim:         newConnLimits(&cfg),
 		janitorStop: make(chan struct{}),
 	}
-	s.enrollFailedFn = s.enrollFailed
 	s.timeouts = session.Timeouts{
 		Handshake: cfg.ticks(cfg.HandshakeTimeout),
 		Ping:      cfg.ticks(cfg.PingInterval),
@@ -138,7 +133,9 @@ func (s *Server) Start() error {
 		gnet.WithMulticore(true),
 		gnet.WithNumEventLoop(s.cfg.Loops),
 		gnet.WithLoadBalancing(gnet.LeastConnections),
-		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+		// TCP_NODELAY is set on the listening socket and inherited (see
+		// listen); gnet setting it again would cost a syscall a connection.
+		gnet.WithTCPNoDelay(gnet.TCPDelay),
 		gnet.WithTicker(true),
 		gnet.WithLogger(gnetLogger{s.log}),
 	)
@@ -151,6 +148,9 @@ func (s *Server) Start() error {
 		return fmt.Errorf("start event loops: %w", err)
 	}
 	s.cli, s.ln, s.addr = cli, ln, ln.Addr()
+	for _, el := range cli.EventLoops() {
+		s.loopOf(el) // every loop from the start: ticks and the drain must reach loops whose connections are all pending
+	}
 	s.log.Info("listening", "addr", s.addr.String(), "loops", s.cfg.Loops, "max_conns", s.cfg.MaxConns)
 	if s.admit.ips != nil {
 		go s.janitor()
@@ -237,6 +237,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.waitInflight(ctx) // fan-outs that began between the two
 		for _, l := range s.loopList() {
 			_ = l.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+				l.el.AdoptPending() // handed over before the listener closed, no bytes yet
 				l.enter()
 				l.drain()
 				l.leave()
@@ -286,9 +287,8 @@ func (s *Server) loopList() []*loop {
 	return ls
 }
 
-// loopOf returns the state of event loop el, creating it on first use.
-// gnet does not enumerate its loops, so each is registered when its first
-// connection opens.
+// loopOf returns the state of event loop el, creating it on first use
+// (Start creates every loop's).
 func (s *Server) loopOf(el gnet.EventLoop) *loop {
 	n := int(s.nloops.Load())
 	for i := range n {

@@ -47,6 +47,7 @@ type eventloop struct {
 	buffer       []byte            // read packet buffer whose capacity is set by user, default value is 64KB
 	connections  connMatrix        // loop connections storage
 	eventHandler EventHandler      // user eventHandler
+	pending      pendingConns      // wsd: connections EnrollAccepted registered, not adopted yet
 }
 
 func (el *eventloop) Register(ctx context.Context, addr net.Addr) (<-chan RegisteredResult, error) {
@@ -94,10 +95,11 @@ func (el *eventloop) getLogger() logging.Logger {
 }
 
 func (el *eventloop) countConn() int32 {
-	return el.connections.loadCount()
+	return el.connections.loadCount() + el.pending.n.Load() // wsd: pending ones count
 }
 
 func (el *eventloop) closeConns() {
+	_ = el.adoptPending() // wsd: so that pending ones are closed too (their OnClose runs)
 	// Close loops and all outstanding connections
 	el.connections.iterate(func(c *conn) bool {
 		_ = el.close(c, nil)

@@ -408,6 +408,10 @@ type EventLoop interface {
 	// Execute will execute the given runnable on the event-loop at some time in the future,
 	// it's concurrency-safe.
 	Execute(ctx context.Context, runnable Runnable) error
+	// AdoptPending opens the connections Client.EnrollAccepted has handed
+	// to this loop and the loop has not adopted yet. Call it on the loop.
+	// (wsd's addition, see WSD-PATCH.md.)
+	AdoptPending()
 	// Schedule is like Execute, but it allows you to specify when the runnable is executed.
 	// In other words, the runnable will be executed when the delay duration is reached,
 	// it's concurrency-safe.

@@ -88,6 +88,20 @@ func (el *eventloop) run() error {
 			if _, ok := el.listeners[fd]; ok {
 				return el.accept(fd, ev, flags)
 			}
+			// wsd: a connection EnrollAccepted registered and the loop has
+			// not adopted yet (the lock in adoptPending waits for one that
+			// is being appended).
+			if err := el.adoptPending(); errors.Is(err, errorx.ErrEngineShutdown) {
+				return err
+			}
+			if c = el.connections.getConn(fd); c != nil {
+				// Only as readable: the event may be a stale one of a
+				// connection this loop closed earlier in the same batch,
+				// whose descriptor number the acceptor has reused since. A
+				// read finds a real error or EOF by itself, and a stale
+				// event costs one EAGAIN.
+				return c.processIO(fd, netpoll.ReadEvents, flags)
+			}
 			// For kqueue, this might happen when the connection has already been closed,
 			// the file descriptor will be deleted from kqueue automatically as documented
 			// in the manual pages.
