@@ -28,7 +28,7 @@ test: interop-deps test-go
 test-go:
 	$(GO) vet ./...
 	$(GO) test -race -timeout 9m ./...
-	$(GO) test -count=1 -run 'Allocs' ./frame ./engine ./auth ./protocol  # allocation claims, without the race detector
+	$(GO) test -count=1 -run 'Allocs' ./frame ./engine ./auth ./protocol/...  # allocation claims, without the race detector
 
 interop-deps:
 	@if command -v npm >/dev/null 2>&1; then \

@@ -38,12 +38,27 @@ import (
 	"github.com/wsdproject/wsd/engine"
 	"github.com/wsdproject/wsd/frame"
 	"github.com/wsdproject/wsd/hub"
+	"github.com/wsdproject/wsd/protocol/mpjson"
 )
 
 // Subprotocol is the name a client may ask for in Sec-WebSocket-Protocol
 // to request this protocol explicitly (it is also what a client gets
 // without asking).
 const Subprotocol = "wsd.json"
+
+// SubprotocolMsgpack is the same message set in MessagePack, one map per
+// binary message (package mpjson says how values map). The handler reads
+// such a message by turning it into JSON; the engine turns what is sent
+// to such a connection into MessagePack (MsgpackAlternate), a publication
+// once for all its MessagePack subscribers.
+const SubprotocolMsgpack = "wsd.msgpack"
+
+// MsgpackAlternate returns the route option that makes the engine encode
+// outbound messages in MessagePack for connections of SubprotocolMsgpack.
+// The route must list SubprotocolMsgpack among its Subprotocols.
+func MsgpackAlternate() *engine.Alternate {
+	return &engine.Alternate{Subprotocol: SubprotocolMsgpack, Op: frame.OpBinary, Encode: mpjson.ToMsgpack}
+}
 
 // Message types.
 const (
@@ -174,16 +189,56 @@ func (h *Handler) OnExpire(c engine.Conn) {
 // on. The engine closes the connection with 1008 if the flood goes on.
 func (h *Handler) OnRateLimited(c engine.Conn, op frame.OpCode, data []byte) {
 	var in Inbound
-	if op == frame.OpText {
-		_ = in.decode(data) // for the id only
+	buf := jsonBufs.Get().(*[]byte)
+	defer putJSONBuf(buf)
+	if js, err := asJSON(c, op, data, buf); err == nil {
+		_ = in.decode(js) // for the id only
 	}
 	sendError(c, in.ID, CodeRateLimitExceeded, "message rate exceeded; slow down")
 }
 
-// OnMessage decodes one client message and acts on it.
+// jsonBufs hold MessagePack messages turned into JSON while they are
+// handled (the decoded message points into them).
+var jsonBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+func putJSONBuf(b *[]byte) {
+	if cap(*b) <= 64<<10 {
+		jsonBufs.Put(b)
+	}
+}
+
+// Why a message is refused before it is read, worded for the client.
+var (
+	errBinaryOnJSON  = errors.New("binary messages are not supported on wsd.json; send JSON text, or connect with the wsd.msgpack subprotocol")
+	errTextOnMsgpack = errors.New("this connection speaks wsd.msgpack: send each message as one MessagePack map in a binary message")
+)
+
+// asJSON returns a client message as JSON: as it came on a JSON
+// connection, turned from MessagePack into buf on a wsd.msgpack one.
+func asJSON(c engine.Conn, op frame.OpCode, data []byte, buf *[]byte) ([]byte, error) {
+	if c.Subprotocol() != SubprotocolMsgpack {
+		if op != frame.OpText {
+			return nil, errBinaryOnJSON
+		}
+		return data, nil
+	}
+	if op != frame.OpBinary {
+		return nil, errTextOnMsgpack
+	}
+	js, err := mpjson.ToJSON((*buf)[:0], data)
+	*buf = js[:0]
+	return js, err
+}
+
+// OnMessage decodes one client message and acts on it. A MessagePack
+// message is turned into JSON first, so both kinds of client go through
+// the one decoder and its checks.
 func (h *Handler) OnMessage(c engine.Conn, op frame.OpCode, data []byte) {
-	if op != frame.OpText {
-		sendError(c, nil, CodeInvalidMessageFormat, "binary messages are not supported; send JSON text")
+	buf := jsonBufs.Get().(*[]byte)
+	defer putJSONBuf(buf)
+	data, err := asJSON(c, op, data, buf)
+	if err != nil {
+		sendError(c, nil, CodeInvalidMessageFormat, err.Error())
 		return
 	}
 	var in Inbound
@@ -481,7 +536,7 @@ func send(c engine.Conn, w *replyWriter, broadcast bool) error {
 	if broadcast {
 		err = c.Broadcast(frame.OpText, out)
 	} else {
-		err = c.WriteText(out)
+		err = c.Send(out) // in the connection's encoding
 	}
 	w.Buffer.Buf = w.Buffer.Buf[:0]
 	w.Error = nil

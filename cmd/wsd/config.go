@@ -92,7 +92,7 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.IntVar(&e.CompressionLevel, "compression-level", d.CompressionLevel, "flate level for permessage-deflate, 1 (fastest) to 9")
 	fs.IntVar(&e.CompressionMinBytes, "compression-min-bytes", d.CompressionMinBytes, "send messages shorter than this uncompressed")
 	fs.StringVar(&c.echoPath, "echo-path", "", "serve an echo endpoint at this path, e.g. /echo (off when empty)")
-	fs.StringVar(&c.subprotocols, "subprotocols", protocol.Subprotocol, "comma-separated subprotocols /ws accepts (clients may also ask for none)")
+	fs.StringVar(&c.subprotocols, "subprotocols", protocol.Subprotocol+","+protocol.SubprotocolMsgpack, "comma-separated subprotocols /ws accepts (clients may also ask for none, which is wsd.json); wsd.msgpack is served only when listed")
 	durationVar(fs, &c.drainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM/SIGINT, how long to wait for clients to finish the close handshake")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")

@@ -30,6 +30,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	runtimemetrics "runtime/metrics"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -108,6 +109,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 	wsOpts := engine.RouteOptions{
 		Subprotocols: cfg.protocols(),
 		Authenticate: protocol.Authenticator(verifier, cfg.tokenCookie, cfg.allowAnonymous || verifier == nil),
+	}
+	if slices.Contains(wsOpts.Subprotocols, protocol.SubprotocolMsgpack) {
+		wsOpts.Alternate = protocol.MsgpackAlternate()
 	}
 	if err := srv.Handle("/ws", handler, wsOpts); err != nil {
 		fmt.Fprintf(stderr, "wsd: %v\n", err)

@@ -425,7 +425,7 @@ func TestSettingsLog(t *testing.T) {
 		"listen":             "127.0.0.1:0",
 		"admin":              "127.0.0.1:0",
 		"compression":        false,
-		"subprotocols":       "wsd.json",
+		"subprotocols":       "wsd.json,wsd.msgpack",
 	} {
 		if got[k] != want {
 			t.Errorf("%s: got %#v, want %#v", k, got[k], want)
