@@ -48,6 +48,7 @@ fuzz:
 	$(GO) test ./frame -run '^$$' -fuzz '^FuzzInflate$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./engine -run '^$$' -fuzz '^FuzzHandshake$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./protocol -run '^$$' -fuzz '^FuzzInbound$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./protocol/mpjson -run '^$$' -fuzz '^FuzzToJSON$$' -fuzztime $(FUZZTIME)
 
 ## bench: allocation and speed benchmarks of the hot paths
 bench:

@@ -1,5 +1,7 @@
-// Package protocol is wsd's JSON message protocol on the /ws endpoint: one
-// JSON object per text message. Client data is carried as raw JSON: it is
+// Package protocol is wsd's message protocol on the /ws endpoint: one
+// JSON object per text message, or with the wsd.msgpack subprotocol the
+// same messages as MessagePack maps in binary messages (see
+// SubprotocolMsgpack and package mpjson). Client data is carried as raw JSON: it is
 // validated but never decoded and re-encoded, and a publication is encoded
 // into one frame for all its subscribers (by the hub).
 //
