@@ -4,7 +4,7 @@ BIN       := bin
 NODE_DIR  := internal/interop/node
 FUZZTIME  ?= 30s
 
-.PHONY: all build run test test-go interop-deps conformance fuzz bench bench-smoke bench-idle clean generate
+.PHONY: all build run test test-go test-js interop-deps conformance fuzz bench bench-smoke bench-idle clean generate
 
 all: build
 
@@ -22,13 +22,24 @@ API_KEY ?= dev
 run: build
 	$(BIN)/wsd --api-key $(API_KEY)
 
-## test: every test, with the race detector (installs the Node interop client's npm package first)
-test: interop-deps test-go
+## test: every test, with the race detector (installs the Node interop client's npm package first),
+## and the JS client's tests
+test: interop-deps test-go test-js
 
 test-go:
 	$(GO) vet ./...
 	$(GO) test -race -timeout 9m ./...
 	$(GO) test -count=1 -run 'Allocs' ./frame ./engine ./auth ./protocol/...  # allocation claims, without the race detector
+
+## test-js: the JS client (clients/js): install its dev dependencies, build it (ESM, types, browser
+## bundles) and run its tests (node --test) against bin/wsd processes it starts (well under a minute)
+test-js:
+	@if command -v npm >/dev/null 2>&1; then \
+		$(GO) build -o $(BIN)/wsd ./cmd/wsd && \
+		cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test; \
+	else \
+		echo "npm not found: the JS client's tests are skipped"; \
+	fi
 
 interop-deps:
 	@if command -v npm >/dev/null 2>&1; then \
