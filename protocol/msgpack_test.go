@@ -221,6 +221,9 @@ func TestMsgpackHostile(t *testing.T) {
 		"NaN data":                    append([]byte{0x82, 0xa4, 't', 'y', 'p', 'e', 0xa4, 'e', 'c', 'h', 'o', 0xa4, 'd', 'a', 't', 'a'}, msgp.AppendFloat64(nil, nan())...),
 		"type is not a string":        {0x81, 0xa4, 't', 'y', 'p', 'e', 0x05},
 		"nested past the depth limit": deepArray(20000),
+		// 300 KB of MessagePack that would be 1.5 MB of JSON, past the
+		// stack's 1 MiB message limit.
+		"larger than the limit as JSON": nils(300_000),
 	}
 	for name, b := range bad {
 		if err := c.Send(frame.OpBinary, b); err != nil {
@@ -246,6 +249,15 @@ func TestMsgpackHostile(t *testing.T) {
 	if m := read(t, j); m.Code != protocol.CodeInvalidMessageFormat {
 		t.Fatalf("MessagePack on a JSON connection: %+v", m)
 	}
+}
+
+func nils(n int) []byte {
+	b := []byte{0x82, 0xa4, 't', 'y', 'p', 'e', 0xa4, 'e', 'c', 'h', 'o', 0xa4, 'd', 'a', 't', 'a'}
+	b = msgp.AppendArrayHeader(b, uint32(n))
+	for range n {
+		b = msgp.AppendNil(b)
+	}
+	return b
 }
 
 func deepArray(n int) []byte {

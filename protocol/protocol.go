@@ -111,7 +111,12 @@ type Options struct {
 	Verifier *auth.Verifier
 	// Policy is what connections may do beyond their token.
 	Policy hub.Policy
-	Logger *slog.Logger
+	// MaxMessageBytes bounds a wsd.msgpack message once turned into JSON
+	// (default 1 MiB, the engine's default message limit): pass the
+	// engine's MaxMessageBytes, so that either kind of client can send the
+	// same.
+	MaxMessageBytes int
+	Logger          *slog.Logger
 }
 
 // Handler serves the protocol; it is an engine.Handler (and an
@@ -120,10 +125,11 @@ type Options struct {
 // connections of different loops; per-connection state is the hub's
 // Client, kept as the connection's Value.
 type Handler struct {
-	hub    *hub.Hub
-	verify *auth.Verifier
-	policy hub.Policy
-	log    *slog.Logger
+	maxJSON int
+	hub     *hub.Hub
+	verify  *auth.Verifier
+	policy  hub.Policy
+	log     *slog.Logger
 }
 
 // New returns the handler.
@@ -131,7 +137,10 @@ func New(o Options) *Handler {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Handler{hub: o.Hub, verify: o.Verifier, policy: o.Policy, log: o.Logger}
+	if o.MaxMessageBytes <= 0 {
+		o.MaxMessageBytes = 1 << 20
+	}
+	return &Handler{hub: o.Hub, verify: o.Verifier, policy: o.Policy, log: o.Logger, maxJSON: o.MaxMessageBytes}
 }
 
 // replyWriter encodes replies. joined holds a reply that spilled over
@@ -193,7 +202,7 @@ func (h *Handler) OnRateLimited(c engine.Conn, op frame.OpCode, data []byte) {
 	var in Inbound
 	buf := jsonBufs.Get().(*[]byte)
 	defer putJSONBuf(buf)
-	if js, err := asJSON(c, op, data, buf); err == nil {
+	if js, err := h.asJSON(c, op, data, buf); err == nil {
 		_ = in.decode(js) // for the id only
 	}
 	sendError(c, in.ID, CodeRateLimitExceeded, "message rate exceeded; slow down")
@@ -217,7 +226,7 @@ var (
 
 // asJSON returns a client message as JSON: as it came on a JSON
 // connection, turned from MessagePack into buf on a wsd.msgpack one.
-func asJSON(c engine.Conn, op frame.OpCode, data []byte, buf *[]byte) ([]byte, error) {
+func (h *Handler) asJSON(c engine.Conn, op frame.OpCode, data []byte, buf *[]byte) ([]byte, error) {
 	if c.Subprotocol() != SubprotocolMsgpack {
 		if op != frame.OpText {
 			return nil, errBinaryOnJSON
@@ -227,7 +236,7 @@ func asJSON(c engine.Conn, op frame.OpCode, data []byte, buf *[]byte) ([]byte, e
 	if op != frame.OpBinary {
 		return nil, errTextOnMsgpack
 	}
-	js, err := mpjson.ToJSON((*buf)[:0], data)
+	js, err := mpjson.ToJSON((*buf)[:0], data, h.maxJSON)
 	*buf = js[:0]
 	return js, err
 }
@@ -238,7 +247,7 @@ func asJSON(c engine.Conn, op frame.OpCode, data []byte, buf *[]byte) ([]byte, e
 func (h *Handler) OnMessage(c engine.Conn, op frame.OpCode, data []byte) {
 	buf := jsonBufs.Get().(*[]byte)
 	defer putJSONBuf(buf)
-	data, err := asJSON(c, op, data, buf)
+	data, err := h.asJSON(c, op, data, buf)
 	if err != nil {
 		sendError(c, nil, CodeInvalidMessageFormat, err.Error())
 		return

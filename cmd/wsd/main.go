@@ -105,7 +105,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 		return 1
 	}
 	defer mem.Close()
-	handler := protocol.New(protocol.Options{Hub: h, Verifier: verifier, Policy: hub.Policy{ClientPublish: cfg.allowClientPublish}, Logger: log})
+	handler := protocol.New(protocol.Options{Hub: h, Verifier: verifier, Policy: hub.Policy{ClientPublish: cfg.allowClientPublish},
+		MaxMessageBytes: int(srv.Config().MaxMessageBytes), Logger: log})
 	wsOpts := engine.RouteOptions{
 		Subprotocols: cfg.protocols(),
 		Authenticate: protocol.Authenticator(verifier, cfg.tokenCookie, cfg.allowAnonymous || verifier == nil),

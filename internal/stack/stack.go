@@ -77,7 +77,8 @@ func Start(t testing.TB, o Options) *Stack {
 			t.Fatal(err)
 		}
 	}
-	handler := protocol.New(protocol.Options{Hub: h, Verifier: v, Policy: o.Policy, Logger: cfg.Logger})
+	handler := protocol.New(protocol.Options{Hub: h, Verifier: v, Policy: o.Policy, Logger: cfg.Logger,
+		MaxMessageBytes: int(srv.Config().MaxMessageBytes)})
 	if err := srv.Handle("/ws", handler, engine.RouteOptions{Subprotocols: []string{protocol.Subprotocol, protocol.SubprotocolMsgpack},
 		Alternate:    protocol.MsgpackAlternate(),
 		Authenticate: protocol.Authenticator(v, "wsd_token", o.Anonymous || v == nil)}); err != nil {

@@ -56,6 +56,7 @@ var (
 	ErrDepth    = errors.New("arrays and maps nested too deep")
 	ErrMsgpack  = errors.New("not a complete MessagePack value")
 	ErrTrailing = errors.New("bytes after the MessagePack value")
+	ErrTooLarge = errors.New("the message as JSON is over the message size limit")
 	ErrJSON     = errors.New("not valid JSON")
 	ErrRange    = errors.New("a JSON number beyond float64's range")
 )
@@ -97,15 +98,24 @@ func putScratch(s *scratch) {
 }
 
 // ToJSON appends the MessagePack value src as JSON to dst. src must be one
-// whole value and nothing else. On error dst is returned with whatever was
-// appended so far: the caller discards it.
-func ToJSON(dst, src []byte) ([]byte, error) {
+// whole value and nothing else, and its JSON at most max bytes (JSON can be
+// six times the size of MessagePack: a 1-byte nil is "null,", a control
+// character "\u0001"; what a peer sends is bounded by the message limit,
+// and so, with max, is what it turns into). On error dst is returned with
+// whatever was appended so far: the caller discards it.
+func ToJSON(dst, src []byte, max int) ([]byte, error) {
+	start := len(dst)
 	s := getScratch()
 	defer putScratch(s)
 	stack := s.stack[:0]
 	defer func() { s.stack = stack[:0] }()
 	b := src
 	for {
+		// A step appends at most 32 bytes (a string's size is checked
+		// before it is written), so dst never holds more than max+32.
+		if len(dst)-start > max {
+			return dst, ErrTooLarge
+		}
 		key := false
 		if n := len(stack); n > 0 {
 			top := &stack[n-1]
@@ -146,6 +156,9 @@ func ToJSON(dst, src []byte) ([]byte, error) {
 			if v, b, err = msgp.ReadStringZC(b); err == nil {
 				if !utf8.Valid(v) {
 					return dst, ErrUTF8
+				}
+				if quotedLen(v) > max-(len(dst)-start) {
+					return dst, ErrTooLarge
 				}
 				dst = AppendString(dst, v)
 			}
@@ -209,6 +222,9 @@ func ToJSON(dst, src []byte) ([]byte, error) {
 	if len(b) != 0 {
 		return dst, ErrTrailing
 	}
+	if len(dst)-start > max {
+		return dst, ErrTooLarge
+	}
 	return dst, nil
 }
 
@@ -226,6 +242,20 @@ func appendFloat(dst []byte, f float64) ([]byte, error) {
 		}
 	}
 	return append(dst, ".0"...), nil
+}
+
+// quotedLen is the length of AppendString's output for s.
+func quotedLen(s []byte) int {
+	n := len(s) + 2
+	for _, c := range s {
+		switch {
+		case c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t':
+			n++
+		case c < 0x20:
+			n += 5
+		}
+	}
+	return n
 }
 
 // AppendString appends s (valid UTF-8) as a JSON string.

@@ -48,7 +48,7 @@ func TestRoundTrip(t *testing.T) {
 		if !reflect.DeepEqual(normalize(got), normalize(want)) {
 			t.Fatalf("%s: msgpack holds %#v, JSON %#v", s.in, got, want)
 		}
-		back, err := ToJSON(nil, mp)
+		back, err := ToJSON(nil, mp, 1<<20)
 		if err != nil {
 			t.Fatalf("%s: back to JSON: %v", s.in, err)
 		}
@@ -112,7 +112,7 @@ func TestToJSONRefuses(t *testing.T) {
 	deep := bytes.Repeat([]byte{0x91}, MaxDepth+1) // arrays of one array…
 	deep = append(deep, 0xc0)
 	okDeep := append(bytes.Repeat([]byte{0x91}, MaxDepth), 0xc0)
-	if _, err := ToJSON(nil, okDeep); err != nil {
+	if _, err := ToJSON(nil, okDeep, 1<<20); err != nil {
 		t.Fatalf("MaxDepth levels refused: %v", err)
 	}
 	cases := []struct {
@@ -138,9 +138,35 @@ func TestToJSONRefuses(t *testing.T) {
 		{"too deep", deep, ErrDepth},
 	}
 	for _, c := range cases {
-		out, err := ToJSON(nil, c.in)
+		out, err := ToJSON(nil, c.in, 1<<20)
 		if !errors.Is(err, c.want) {
 			t.Errorf("%s: err %v (out %q), want %v", c.name, err, out, c.want)
+		}
+	}
+}
+
+// TestToJSONBounded: what MessagePack turns into as JSON never passes the
+// limit, however small the MessagePack (control characters, nils).
+func TestToJSONBounded(t *testing.T) {
+	ctl := msgp.AppendStringFromBytes(nil, bytes.Repeat([]byte{1}, 1000)) // 1,003 bytes → 6,002 of JSON
+	nils := msgp.AppendArrayHeader(nil, 1000)
+	for range 1000 {
+		nils = msgp.AppendNil(nils)
+	}
+	for name, in := range map[string][]byte{"control characters": ctl, "nils": nils} {
+		out, err := ToJSON(make([]byte, 0, 8), in, 2000)
+		if !errors.Is(err, ErrTooLarge) || len(out) > 2000+32 {
+			t.Errorf("%s: %d bytes of JSON, %v; want ErrTooLarge within 2,000 (+32)", name, len(out), err)
+		}
+		full, err := ToJSON(nil, in, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if exact, err := ToJSON(nil, in, len(full)); err != nil || !bytes.Equal(exact, full) {
+			t.Errorf("%s: refused at exactly its size (%d): %v", name, len(full), err)
+		}
+		if _, err := ToJSON(nil, in, len(full)-1); !errors.Is(err, ErrTooLarge) {
+			t.Errorf("%s: one byte over the limit passed: %v", name, err)
 		}
 	}
 }
@@ -170,7 +196,7 @@ func TestZeroAllocs(t *testing.T) {
 	if n := testing.AllocsPerRun(200, func() { out, _ = ToMsgpack(out[:0], js) }); n != 0 {
 		t.Errorf("ToMsgpack: %v allocs", n)
 	}
-	if n := testing.AllocsPerRun(200, func() { out, _ = ToJSON(out[:0], mp) }); n != 0 {
+	if n := testing.AllocsPerRun(200, func() { out, _ = ToJSON(out[:0], mp, 1<<20) }); n != 0 {
 		t.Errorf("ToJSON: %v allocs", n)
 	}
 }
@@ -184,7 +210,7 @@ func FuzzToJSON(f *testing.F) {
 	}
 	f.Add([]byte{0xdf, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, in []byte) {
-		js, err := ToJSON(nil, in)
+		js, err := ToJSON(nil, in, 1<<20)
 		if err != nil {
 			return
 		}
@@ -195,7 +221,7 @@ func FuzzToJSON(f *testing.F) {
 		if err != nil {
 			t.Fatalf("%q (from %x) does not go back: %v", js, in, err)
 		}
-		js2, err := ToJSON(nil, mp)
+		js2, err := ToJSON(nil, mp, 1<<20)
 		if err != nil || !bytes.Equal(js, js2) {
 			t.Fatalf("%q → %x → %q (%v)", js, mp, js2, err)
 		}
