@@ -17,10 +17,11 @@ build:
 	$(GO) build $(BUILDFLAGS) -o $(BIN)/gnetecho ./bench/cmd/gnetecho
 
 ## run: run wsd with its embedded defaults (ws on :8080, admin on 127.0.0.1:9090) and the
-## HTTP API on with the key API_KEY (default "dev"; the admin listener is loopback-only)
+## HTTP API on with the key API_KEY (default "dev"; the admin listener is loopback-only); more flags in ARGS
+## (make run ARGS=--admin-ui: the admin page at http://127.0.0.1:9090/)
 API_KEY ?= dev
 run: build
-	$(BIN)/wsd --api-key $(API_KEY)
+	$(BIN)/wsd --api-key $(API_KEY) $(ARGS)
 
 ## test: every test, with the race detector (installs the Node interop client's npm package first),
 ## and the JS client's tests

@@ -153,6 +153,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 	var admin *http.Server
 	if adminLn != nil {
 		mux := adminMux(srv, &api{hub: h, srv: srv, mem: mem, key: cfg.apiKey, maxData: int(cfg.engine.MaxMessageBytes), log: log})
+		if cfg.adminUI {
+			serveAdminUI(mux)
+			log.Info("admin page on the admin listener", "path", "/")
+		}
 		if cfg.pprof {
 			mux.HandleFunc("/debug/pprof/", pprof.Index)
 			mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)

@@ -127,6 +127,7 @@ func TestBadConfiguration(t *testing.T) {
 		{"byte rate too low for the message size", []string{"--max-inbound-bytes-per-sec", "100"}, [2]string{},
 			"max inbound bytes per second 100 is too low for max message bytes 1048576"},
 		{"stray argument", []string{"serve"}, [2]string{}, `unexpected argument "serve"`},
+		{"admin page without the API", []string{"--admin-ui"}, [2]string{}, "--admin-ui needs --admin and --api-key"},
 	}
 	if os.Geteuid() != 0 { // root reads any file
 		cases = append(cases, struct {
