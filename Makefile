@@ -4,7 +4,7 @@ BIN       := bin
 NODE_DIR  := internal/interop/node
 FUZZTIME  ?= 30s
 
-.PHONY: all build run test test-go test-js interop-deps conformance fuzz bench bench-smoke bench-idle clean generate
+.PHONY: all build run test test-go test-js test-e2e interop-deps conformance fuzz bench bench-smoke bench-idle clean generate
 
 all: build
 
@@ -41,6 +41,14 @@ test-js:
 	else \
 		echo "npm not found: the JS client's tests are skipped"; \
 	fi
+
+## test-e2e: the JS client's bundle in a real browser (Debian's Chromium: apt-get install chromium; the
+## test is skipped without it), driven by puppeteer-core, against bin/wsd: a cut, a drain and a restart,
+## and the admin page against /metrics (~15 s). Not part of make test (CI has no Chromium).
+test-e2e:
+	$(GO) build -o $(BIN)/wsd ./cmd/wsd
+	cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm run build
+	cd clients/js/e2e && npm ci --no-audit --no-fund --loglevel=error && npm test
 
 interop-deps:
 	@if command -v npm >/dev/null 2>&1; then \

@@ -67,6 +67,7 @@ export async function startWsd({ args = [], port, tokens = false } = {}) {
   return {
     port,
     url: `ws://127.0.0.1:${port}/ws`,
+    adminURL: `http://127.0.0.1:${admin}`,
     pid: proc.pid,
     log: () => log,
     /** api calls the HTTP API: POST with a body, GET without. */
