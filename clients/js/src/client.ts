@@ -393,7 +393,22 @@ export class Client extends Emitter<ClientEvents> {
       this.ws = null;
       this.closed(ev.code, ev.reason);
     };
-    ws.onerror = () => {}; // a close event follows, with the code
+    ws.onerror = () => {
+      // A connection that fails before it opens (refused, or answered
+      // with 503 by a pacing server) is lost: browsers fire close after
+      // this error, but Node 20's WebSocket fires no close for a non-101
+      // answer, and the client would wait forever. A close that does
+      // follow finds this.ws changed and is ignored.
+      if (this.ws !== ws || ws.readyState !== 0 /* CONNECTING */) return;
+      this.ws = null;
+      ws.onclose = ws.onmessage = ws.onopen = ws.onerror = null;
+      try {
+        ws.close();
+      } catch {
+        // closing a socket that failed may throw; it is gone either way
+      }
+      this.closed(1006, "connection failed");
+    };
   }
 
   private opened(ws: WebSocketLike): void {

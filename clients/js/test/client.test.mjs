@@ -207,6 +207,27 @@ describe("reconnect and recovery", () => {
   });
 });
 
+describe("refused upgrades", () => {
+  test("an upgrade refused by a pacing server (503) is a failed attempt: it backs off and comes back", async () => {
+    const wsd = await startWsd({ args: ["--max-handshakes-per-sec", "1"] });
+    try {
+      const first = new Client(wsd.url);
+      first.connect();
+      await next(first, "connected");
+      const second = new Client(wsd.url, { backoff: { min: 300, max: 3000, factor: 2 } });
+      const refused = next(second, "disconnected");
+      second.connect();
+      const d = await refused;
+      assert.deepEqual([d.code, d.reconnect], [1006, true]);
+      await next(second, "connected", 20000);
+      first.disconnect();
+      second.disconnect();
+    } finally {
+      await wsd.stop();
+    }
+  });
+});
+
 describe("drain and restart", () => {
   test("1001 with a retry hint: it waits at least the hint, comes back to the restarted node, and is told recovered:false", async () => {
     const args = ["--allow-client-publish", "--retry-after-max", "1s", "--drain-timeout", "3s"];
