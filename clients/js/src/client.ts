@@ -246,6 +246,7 @@ export class Client extends Emitter<ClientEvents> {
 
   /** disconnect closes the connection for good (connect may be called again). */
   disconnect(): void {
+    const was = this.wanted;
     this.wanted = false;
     clearTimeout(this.reconnectTimer);
     clearTimeout(this.refreshTimer);
@@ -254,11 +255,10 @@ export class Client extends Emitter<ClientEvents> {
       this.ws = null;
       ws.onclose = ws.onmessage = ws.onopen = ws.onerror = null;
       ws.close(1000, "client disconnect");
-      this.closed(1000, "client disconnect");
-    } else if (this.state !== "disconnected") {
-      this.setState("disconnected");
-      this.emit("disconnected", { code: 1000, reason: "client disconnect", reconnect: false, delay: 0 });
     }
+    // Also while waiting to reconnect: what waits for a connection is
+    // rejected, and "disconnected" says there will be no reconnect.
+    if (was || ws) this.closed(1000, "client disconnect");
   }
 
   /** subscribe joins a channel; events come on the returned Subscription. */
@@ -427,20 +427,25 @@ export class Client extends Emitter<ClientEvents> {
 
   private closed(code: number, reason: string): void {
     clearTimeout(this.refreshTimer);
+    const stop =
+      !this.wanted || this.opts.noReconnectCodes.includes(code) || (code === 4001 && !this.opts.getToken);
+    // Requests sent on this connection lost their replies with it; those
+    // still queued (made while connecting) wait for the next connection,
+    // within their timeout, unless there will be none.
+    const unsent = new Set(stop ? [] : this.queued.map((q) => q.id));
     for (const [id, p] of this.pending) {
+      if (unsent.has(id)) continue;
       clearTimeout(p.timer);
       this.pending.delete(id);
       p.done(new DisconnectedError());
     }
-    this.queued = [];
+    if (stop) this.queued = [];
     for (const sub of this.subs.values()) sub.state = "subscribing";
     // A connection that held for a minute was a success: the next
     // reconnect starts the backoff from the beginning.
     if (this.openedAt && Date.now() - this.openedAt >= 60000) this.attempt = 0;
     this.openedAt = 0;
     if (code === 4001) this.tokenExpired = true;
-    const stop =
-      !this.wanted || this.opts.noReconnectCodes.includes(code) || (code === 4001 && !this.opts.getToken);
     if (stop) {
       this.wanted = false;
       this.setState("disconnected");

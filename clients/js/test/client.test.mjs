@@ -2,8 +2,8 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
-import { Client, TimeoutError, WsdError } from "../dist/index.js";
-import { collect, next, startWsd, token } from "./wsd.mjs";
+import { Client, DisconnectedError, TimeoutError, WsdError } from "../dist/index.js";
+import { collect, freePort, next, startWsd, token } from "./wsd.mjs";
 
 const fast = { min: 20, max: 200, factor: 2 };
 
@@ -204,6 +204,35 @@ describe("reconnect and recovery", () => {
     const d = await next(c, "disconnected", 5000);
     assert.deepEqual([d.code, d.reconnect], [4001, false]);
     assert.equal(c.state, "disconnected");
+  });
+});
+
+describe("requests while reconnecting", () => {
+  test("a request made while no server is there waits for the connection, across failed attempts", async () => {
+    const port = await freePort();
+    const c = new Client(`ws://127.0.0.1:${port}/ws`, { backoff: { min: 50, max: 200, factor: 2 }, requestTimeout: 20000 });
+    let failures = 0;
+    const twoFailures = new Promise((res) => c.on("disconnected", (e) => ++failures === 2 && res(e)));
+    c.connect();
+    const published = c.publish("waiting", { x: 1 });
+    assert.equal((await twoFailures).code, 1006);
+    const wsd = await startWsd({ port, args: ["--allow-client-publish"] });
+    try {
+      assert.equal((await published).offset, 1);
+    } finally {
+      c.disconnect();
+      await wsd.stop();
+    }
+  });
+
+  test("disconnect rejects what is still waiting", async () => {
+    const port = await freePort();
+    const c = new Client(`ws://127.0.0.1:${port}/ws`, { backoff: { min: 50, max: 200, factor: 2 } });
+    c.connect();
+    const p = c.publish("never", 1);
+    await next(c, "disconnected");
+    c.disconnect();
+    await assert.rejects(p, DisconnectedError);
   });
 });
 
