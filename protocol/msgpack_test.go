@@ -1,6 +1,7 @@
 package protocol_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -270,3 +271,34 @@ func deepArray(n int) []byte {
 }
 
 func nan() float64 { return math.NaN() }
+
+// TestMsgpackServerMessages: what the server sends on its own — join and
+// leave events, an unsubscribe by the HTTP API — reaches a wsd.msgpack
+// client in MessagePack too.
+func TestMsgpackServerMessages(t *testing.T) {
+	s := startStack(t, stackOptions{Tokens: true, Channel: func(string) hub.ChannelOptions {
+		return hub.ChannelOptions{JoinLeave: true}
+	}})
+	c := s.DialProtocol(t, token(t, "alice", nil), protocol.SubprotocolMsgpack)
+	if m := mpCall(t, c, map[string]any{"type": "subscribe", "channel": "room"}); m["type"] != "ack" {
+		t.Fatalf("subscribe: %v", m)
+	}
+	if m := mpRead(t, c); m["type"] != "join" || m["channel"] != "room" || m["info"].(map[string]any)["user"] != "alice" {
+		t.Fatalf("own join: %v", m)
+	}
+	other := s.Dial(t, token(t, "bob", nil))
+	subscribe(t, other, "room")
+	if m := mpRead(t, c); m["type"] != "join" || m["info"].(map[string]any)["user"] != "bob" {
+		t.Fatalf("bob's join: %v", m)
+	}
+	other.Conn.Close()
+	if m := mpRead(t, c); m["type"] != "leave" || m["info"].(map[string]any)["user"] != "bob" {
+		t.Fatalf("bob's leave: %v", m)
+	}
+	if n, err := s.Hub.UnsubscribeUser(context.Background(), "alice", "room"); err != nil || n != 1 {
+		t.Fatalf("UnsubscribeUser: %d %v", n, err)
+	}
+	if m := mpRead(t, c); m["type"] != "unsubscribed" || m["channel"] != "room" {
+		t.Fatalf("unsubscribed: %v", m)
+	}
+}
