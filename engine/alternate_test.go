@@ -193,6 +193,30 @@ func TestAlternateCompressed(t *testing.T) {
 	}
 }
 
+// BenchmarkFanoutOneEncoding1000 is BenchmarkFanoutTwoEncodings1000 with
+// every connection on the route's own encoding: the cost of the second
+// encoding is the difference.
+func BenchmarkFanoutOneEncoding1000(b *testing.B) {
+	s, els, enc, conns := twoEncodings(b, 250, Config{})
+	for _, proto := range conns {
+		for _, c := range proto {
+			c.record = false
+			c.ctx.(*session.Session).Proto = 1
+		}
+	}
+	to := &allOfRoute{s: s}
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = s.Fanout(to, "k", 1, frame.OpText, broadcastPayload)
+		els[0].run()
+		els[1].run()
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*1000), "ns/delivery")
+	if enc.calls.Load() != 0 || conns[1][0].written == 0 {
+		b.Fatal("encoded for nobody, or nothing delivered")
+	}
+}
+
 // BenchmarkFanoutTwoEncodings1000 fans a publication out to 250 JSON and
 // 250 MessagePack connections on each of two loops (1,000 in all): two
 // encodings per publication, the same bytes written to each receiver of
