@@ -404,10 +404,17 @@ func TestParseProcStat(t *testing.T) {
 		t.Fatalf("ProcCPUSeconds(self) = %v, %v", self, err)
 	}
 	// The per-thread figure (nanoseconds) and the process's own (clock
-	// ticks) tell the same time, here after 300 ms of work.
+	// ticks) tell the same time, here after at least 300 ms of work. The
+	// work is counted in CPU time, not wall time: on a machine busy with
+	// other tests 300 ms of wall time can give this process far less.
 	x := 0
-	for end := time.Now().Add(300 * time.Millisecond); time.Now().Before(end); {
-		x++
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		if used, ok := schedstatCPU(os.Getpid()); !ok || used >= 0.3 {
+			break
+		}
+		for end := time.Now().Add(10 * time.Millisecond); time.Now().Before(end); {
+			x++
+		}
 	}
 	_ = x
 	fine, ok := schedstatCPU(os.Getpid())

@@ -65,6 +65,14 @@ type Frame struct {
 	compressed []byte // the frame compressed (full window), or empty
 	refs       atomic.Int32
 	born       int64 // monoNow when it was made: for the publish→delivery latency
+	hdr        int   // the header's length in plain: plain[hdr:] is the payload
+
+	// The frame in a route's Alternate encoding, made by the first loop
+	// that delivers it to a connection of that encoding (see altFrame).
+	altMu         sync.Mutex
+	altState      atomic.Int32 // 0: not made; route+1: alt holds it; -(route+1): the encoding failed
+	alt           []byte
+	altCompressed []byte
 }
 
 // Key returns the key the frame was fanned out with (a channel name, say).
@@ -98,6 +106,13 @@ func (b *Frame) recycle() {
 	if cap(b.compressed) > maxPooledFrame {
 		b.compressed = nil
 	}
+	if cap(b.alt) > maxPooledFrame {
+		b.alt = nil
+	}
+	if cap(b.altCompressed) > maxPooledFrame {
+		b.altCompressed = nil
+	}
+	b.altState.Store(0)
 	b.to, b.key = nil, ""
 	broadcastPool.Put(b)
 }
@@ -129,7 +144,9 @@ func (s *Server) newFrame(from *loop, op frame.OpCode, payload []byte) *Frame {
 	b.to, b.key, b.seq, b.route = nil, "", 0, 0
 	b.born = monoNow()
 	b.plain = frame.AppendFrame(b.plain[:0], op, 0, payload)
+	b.hdr = len(b.plain) - len(payload)
 	b.compressed = b.compressed[:0]
+	b.altState.Store(0)
 	if s.cfg.Compression && len(payload) >= s.cfg.CompressionMinBytes {
 		s.compressBroadcast(from, b, op, payload)
 	}
@@ -270,9 +287,9 @@ func (l *loop) deliver(b *Frame) {
 		if ss.State != session.Open {
 			continue
 		}
-		f := b.plain
-		if len(b.compressed) > 0 && ss.Has(session.FlagDeflate) && ss.Window == 15 {
-			f = b.compressed
+		f := l.frameFor(ss, b)
+		if f == nil {
+			continue
 		}
 		if l.sendRaw(ss, classPush, f) == nil {
 			l.metrics.messagesOut.inc()

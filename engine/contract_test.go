@@ -391,6 +391,25 @@ func TestZeroAllocs(t *testing.T) {
 			t.Fatal("nothing delivered")
 		}
 	})
+	t.Run("fanout in two encodings across loops", func(t *testing.T) {
+		s, els, enc, conns := twoEncodings(t, 250, Config{})
+		for _, proto := range conns {
+			for _, c := range proto {
+				c.record = false
+			}
+		}
+		to := &allOfRoute{s: s}
+		if n := testing.AllocsPerRun(200, func() {
+			_ = s.Fanout(to, "k", 1, frame.OpText, broadcastPayload)
+			els[0].run()
+			els[1].run()
+		}); n != 0 {
+			t.Fatalf("fanout to 250 JSON + 250 MessagePack on each of two loops: %v allocs", n)
+		}
+		if conns[0][0].written == 0 || conns[1][0].written == 0 || enc.calls.Load() == 0 {
+			t.Fatal("nothing delivered")
+		}
+	})
 	t.Run("broadcast from outside", func(t *testing.T) {
 		s, els := fakeServer(t, Config{}, 2, route{path: "/r", handler: Echo{}})
 		for i := range 2 {

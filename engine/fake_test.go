@@ -153,7 +153,7 @@ func fakeServer(t testing.TB, cfg Config, n int, routes ...route) (*Server, []*f
 		t.Fatal(err)
 	}
 	for _, r := range routes {
-		if err := s.Handle(r.path, r.handler, RouteOptions{Subprotocols: r.protocols}); err != nil {
+		if err := s.Handle(r.path, r.handler, RouteOptions{Subprotocols: r.protocols, Alternate: r.alt}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"runtime/debug"
 
 	"github.com/wsdproject/wsd/frame"
-	"github.com/wsdproject/wsd/session"
 )
 
 // Fanout chooses the receivers of a frame on each event loop: a channel
@@ -66,8 +65,10 @@ func (l *loop) survivePanic(msg, key string) {
 	}
 }
 
-// WriteFrame writes a frame from Server.Fanout to c: the compressed form
-// if c negotiated compression with a full window, else the plain one. It
+// WriteFrame writes a frame from Server.Fanout to c: in the route's
+// Alternate encoding if c uses it (ErrEncode if the frame cannot be
+// encoded so), the compressed form if c negotiated compression with a full
+// window, else the plain one. It
 // is a push (see Write), subject to the slow-consumer policy, and counts
 // as a message out. Only on c's loop, from Fanout.Deliver or a callback.
 func (c Conn) WriteFrame(f *Frame) error {
@@ -75,9 +76,9 @@ func (c Conn) WriteFrame(f *Frame) error {
 		return err
 	}
 	ss := c.s
-	b := f.plain
-	if len(f.compressed) > 0 && ss.Has(session.FlagDeflate) && ss.Window == 15 {
-		b = f.compressed
+	b := c.l.frameFor(ss, f)
+	if b == nil {
+		return ErrEncode
 	}
 	class := classPush
 	if ss == c.l.cur {

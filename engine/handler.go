@@ -115,6 +115,9 @@ type RouteOptions struct {
 	// Value. It runs on the event loop, so it must be quick (cache what is
 	// costly to check).
 	Authenticate func(r *Request) (any, error)
+	// Alternate, if set, is a second encoding of the route's outbound
+	// messages, for the connections that negotiate its subprotocol.
+	Alternate *Alternate
 }
 
 type route struct {
@@ -122,6 +125,8 @@ type route struct {
 	handler   Handler
 	protocols []string
 	auth      func(*Request) (any, error)
+	alt       *Alternate
+	altProto  uint8 // index+1 of alt.Subprotocol in protocols: the sessions whose Proto it is get alt
 }
 
 // The handler is called only through these: each recovers a panic.

@@ -49,6 +49,8 @@ type loop struct {
 	inflater frame.Inflater
 	zin      []byte // a decompressed inbound message
 	zout     []byte // a compressed outbound message
+	xcode    []byte // a message in a route's Alternate encoding
+	xframe   []byte // a frame in an Alternate encoding not kept with its Frame
 
 	members [][]int32        // per route: slab indices of its open sessions, for broadcasts
 	clients [][][16]byte     // per slab slot, in pages of clientPage: the client address a trusted proxy gave

@@ -47,6 +47,7 @@ type loopMetrics struct {
 	slowDrop          counter // times a connection went over its mark under the drop policy
 	droppedFrames     counter // frames not sent to connections over their mark
 	handlerPanics     counter
+	encodeFailures    counter // messages an Alternate could not encode (not sent to those connections)
 	handshakeFailures [numFailReasons]counter
 	limitsFired       [numLimitKinds]counter
 	handshakeLatency  histogram // accept to 101 written
@@ -181,6 +182,8 @@ func (s *Server) WriteMetrics(w io.Writer) {
 	p.sample("wsd_broadcasts_refused_total", "reason", "backlog", int64(s.refusedBacklog.Load()))
 	p.one("wsd_handler_panics_total", "counter", "Handler callbacks that panicked (their connection closed with 1011).",
 		sum(func(m *loopMetrics) *counter { return &m.handlerPanics }))
+	p.one("wsd_encode_failures_total", "counter", "Messages a route's second encoding (wsd.msgpack) could not express, so not sent to the connections that use it.",
+		sum(func(m *loopMetrics) *counter { return &m.encodeFailures }))
 	p.family("wsd_limits_fired_total", "counter", "Per-connection limits that fired, by kind (message_rate: a message refused with RATE_LIMIT_EXCEEDED; message_rate_close and inbound_bytes: closed with 1008; idle_timeout: closed with 1000).")
 	for k := range numLimitKinds {
 		p.sample("wsd_limits_fired_total", "kind", limitNames[k], sum(func(m *loopMetrics) *counter { return &m.limitsFired[k] }))

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -110,7 +111,20 @@ func (s *Server) Handle(path string, h Handler, opts RouteOptions) error {
 	if len(s.routes) == 255 {
 		return errors.New("engine: too many routes")
 	}
-	s.routes = append(s.routes, route{path: path, handler: h, protocols: opts.Subprotocols, auth: opts.Authenticate})
+	r := route{path: path, handler: h, protocols: opts.Subprotocols, auth: opts.Authenticate}
+	if a := opts.Alternate; a != nil {
+		i := slices.Index(opts.Subprotocols, a.Subprotocol)
+		switch {
+		case a.Encode == nil:
+			return errors.New("engine: an Alternate needs Encode")
+		case a.Op != frame.OpText && a.Op != frame.OpBinary:
+			return errors.New("engine: an Alternate's Op is text or binary")
+		case i < 0 || i >= 255:
+			return fmt.Errorf("engine: the Alternate's subprotocol %q is not among the route's", a.Subprotocol)
+		}
+		r.alt, r.altProto = a, uint8(i+1)
+	}
+	s.routes = append(s.routes, r)
 	return nil
 }
 

@@ -6,7 +6,8 @@
 // subscribers), touched only on that loop. A publication is encoded into
 // one WebSocket frame once, on the goroutine the broker delivers it on,
 // and every loop writes those same bytes to its own subscribers
-// (engine.Server.Fanout). No lock is taken on the delivery path; the
+// (engine.Server.Fanout); the engine makes the MessagePack form at most
+// once more, for the wsd.msgpack subscribers (engine.Alternate). No lock is taken on the delivery path; the
 // hub's one mutex guards the node's broker subscriptions (taken when a
 // loop gets its first subscriber of a channel or loses its last).
 package hub

@@ -105,7 +105,7 @@ func (h *Hub) UnsubscribeUser(ctx context.Context, user, ch string) (int, error)
 		for _, c := range x.users[user] {
 			cl := ClientOf(c)
 			if cl != nil && h.Unsubscribe(c, cl, ch) == nil {
-				_ = c.WriteText(msg)
+				_ = c.Send(msg) // in the connection's encoding
 				n++
 			}
 		}

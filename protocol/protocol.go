@@ -1,5 +1,7 @@
-// Package protocol is wsd's JSON message protocol on the /ws endpoint: one
-// JSON object per text message. Client data is carried as raw JSON: it is
+// Package protocol is wsd's message protocol on the /ws endpoint: one
+// JSON object per text message, or with the wsd.msgpack subprotocol the
+// same messages as MessagePack maps in binary messages (see
+// SubprotocolMsgpack and package mpjson). Client data is carried as raw JSON: it is
 // validated but never decoded and re-encoded, and a publication is encoded
 // into one frame for all its subscribers (by the hub).
 //
@@ -38,12 +40,27 @@ import (
 	"github.com/wsdproject/wsd/engine"
 	"github.com/wsdproject/wsd/frame"
 	"github.com/wsdproject/wsd/hub"
+	"github.com/wsdproject/wsd/protocol/mpjson"
 )
 
 // Subprotocol is the name a client may ask for in Sec-WebSocket-Protocol
 // to request this protocol explicitly (it is also what a client gets
 // without asking).
 const Subprotocol = "wsd.json"
+
+// SubprotocolMsgpack is the same message set in MessagePack, one map per
+// binary message (package mpjson says how values map). The handler reads
+// such a message by turning it into JSON; the engine turns what is sent
+// to such a connection into MessagePack (MsgpackAlternate), a publication
+// once for all its MessagePack subscribers.
+const SubprotocolMsgpack = "wsd.msgpack"
+
+// MsgpackAlternate returns the route option that makes the engine encode
+// outbound messages in MessagePack for connections of SubprotocolMsgpack.
+// The route must list SubprotocolMsgpack among its Subprotocols.
+func MsgpackAlternate() *engine.Alternate {
+	return &engine.Alternate{Subprotocol: SubprotocolMsgpack, Op: frame.OpBinary, Encode: mpjson.ToMsgpack}
+}
 
 // Message types.
 const (
@@ -94,7 +111,12 @@ type Options struct {
 	Verifier *auth.Verifier
 	// Policy is what connections may do beyond their token.
 	Policy hub.Policy
-	Logger *slog.Logger
+	// MaxMessageBytes bounds a wsd.msgpack message once turned into JSON
+	// (default 1 MiB, the engine's default message limit): pass the
+	// engine's MaxMessageBytes, so that either kind of client can send the
+	// same.
+	MaxMessageBytes int
+	Logger          *slog.Logger
 }
 
 // Handler serves the protocol; it is an engine.Handler (and an
@@ -103,10 +125,11 @@ type Options struct {
 // connections of different loops; per-connection state is the hub's
 // Client, kept as the connection's Value.
 type Handler struct {
-	hub    *hub.Hub
-	verify *auth.Verifier
-	policy hub.Policy
-	log    *slog.Logger
+	maxJSON int
+	hub     *hub.Hub
+	verify  *auth.Verifier
+	policy  hub.Policy
+	log     *slog.Logger
 }
 
 // New returns the handler.
@@ -114,7 +137,10 @@ func New(o Options) *Handler {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Handler{hub: o.Hub, verify: o.Verifier, policy: o.Policy, log: o.Logger}
+	if o.MaxMessageBytes <= 0 {
+		o.MaxMessageBytes = 1 << 20
+	}
+	return &Handler{hub: o.Hub, verify: o.Verifier, policy: o.Policy, log: o.Logger, maxJSON: o.MaxMessageBytes}
 }
 
 // replyWriter encodes replies. joined holds a reply that spilled over
@@ -174,16 +200,56 @@ func (h *Handler) OnExpire(c engine.Conn) {
 // on. The engine closes the connection with 1008 if the flood goes on.
 func (h *Handler) OnRateLimited(c engine.Conn, op frame.OpCode, data []byte) {
 	var in Inbound
-	if op == frame.OpText {
-		_ = in.decode(data) // for the id only
+	buf := jsonBufs.Get().(*[]byte)
+	defer putJSONBuf(buf)
+	if js, err := h.asJSON(c, op, data, buf); err == nil {
+		_ = in.decode(js) // for the id only
 	}
 	sendError(c, in.ID, CodeRateLimitExceeded, "message rate exceeded; slow down")
 }
 
-// OnMessage decodes one client message and acts on it.
+// jsonBufs hold MessagePack messages turned into JSON while they are
+// handled (the decoded message points into them).
+var jsonBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+func putJSONBuf(b *[]byte) {
+	if cap(*b) <= 64<<10 {
+		jsonBufs.Put(b)
+	}
+}
+
+// Why a message is refused before it is read, worded for the client.
+var (
+	errBinaryOnJSON  = errors.New("binary messages are not supported on wsd.json; send JSON text, or connect with the wsd.msgpack subprotocol")
+	errTextOnMsgpack = errors.New("this connection speaks wsd.msgpack: send each message as one MessagePack map in a binary message")
+)
+
+// asJSON returns a client message as JSON: as it came on a JSON
+// connection, turned from MessagePack into buf on a wsd.msgpack one.
+func (h *Handler) asJSON(c engine.Conn, op frame.OpCode, data []byte, buf *[]byte) ([]byte, error) {
+	if c.Subprotocol() != SubprotocolMsgpack {
+		if op != frame.OpText {
+			return nil, errBinaryOnJSON
+		}
+		return data, nil
+	}
+	if op != frame.OpBinary {
+		return nil, errTextOnMsgpack
+	}
+	js, err := mpjson.ToJSON((*buf)[:0], data, h.maxJSON)
+	*buf = js[:0]
+	return js, err
+}
+
+// OnMessage decodes one client message and acts on it. A MessagePack
+// message is turned into JSON first, so both kinds of client go through
+// the one decoder and its checks.
 func (h *Handler) OnMessage(c engine.Conn, op frame.OpCode, data []byte) {
-	if op != frame.OpText {
-		sendError(c, nil, CodeInvalidMessageFormat, "binary messages are not supported; send JSON text")
+	buf := jsonBufs.Get().(*[]byte)
+	defer putJSONBuf(buf)
+	data, err := h.asJSON(c, op, data, buf)
+	if err != nil {
+		sendError(c, nil, CodeInvalidMessageFormat, err.Error())
 		return
 	}
 	var in Inbound
@@ -481,7 +547,7 @@ func send(c engine.Conn, w *replyWriter, broadcast bool) error {
 	if broadcast {
 		err = c.Broadcast(frame.OpText, out)
 	} else {
-		err = c.WriteText(out)
+		err = c.Send(out) // in the connection's encoding
 	}
 	w.Buffer.Buf = w.Buffer.Buf[:0]
 	w.Error = nil

@@ -74,7 +74,7 @@ func TestErrors(t *testing.T) {
 		{frame.OpText, ``, invalid},
 		{frame.OpText, `{"data":1}`, `{"type":"error","code":"INVALID_MESSAGE_FORMAT","message":"missing \"type\""}`},
 		{frame.OpText, `{"type":"launch","id":"x1"}`, `{"type":"error","id":"x1","code":"UNKNOWN_MESSAGE_TYPE","message":"unknown message type"}`},
-		{frame.OpBinary, `{"type":"echo"}`, `{"type":"error","code":"INVALID_MESSAGE_FORMAT","message":"binary messages are not supported; send JSON text"}`},
+		{frame.OpBinary, `{"type":"echo"}`, `{"type":"error","code":"INVALID_MESSAGE_FORMAT","message":"binary messages are not supported on wsd.json; send JSON text, or connect with the wsd.msgpack subprotocol"}`},
 	}
 	for _, tc := range cases {
 		if got := roundTrip(t, c, tc.op, tc.in); got != tc.want {

@@ -63,6 +63,7 @@ type config struct {
 	trustedProxies prefixList
 	allowedOrigins string
 	pprof          bool
+	adminUI        bool
 	printConfig    bool
 
 	flags *flag.FlagSet // what set the fields above; for settings
@@ -92,7 +93,7 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.IntVar(&e.CompressionLevel, "compression-level", d.CompressionLevel, "flate level for permessage-deflate, 1 (fastest) to 9")
 	fs.IntVar(&e.CompressionMinBytes, "compression-min-bytes", d.CompressionMinBytes, "send messages shorter than this uncompressed")
 	fs.StringVar(&c.echoPath, "echo-path", "", "serve an echo endpoint at this path, e.g. /echo (off when empty)")
-	fs.StringVar(&c.subprotocols, "subprotocols", protocol.Subprotocol, "comma-separated subprotocols /ws accepts (clients may also ask for none)")
+	fs.StringVar(&c.subprotocols, "subprotocols", protocol.Subprotocol+","+protocol.SubprotocolMsgpack, "comma-separated subprotocols /ws accepts (clients may also ask for none, which is wsd.json); wsd.msgpack is served only when listed")
 	durationVar(fs, &c.drainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM/SIGINT, how long to wait for clients to finish the close handshake")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
@@ -139,6 +140,7 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.Int64Var(&e.MaxInboundBytesPerSec, "max-inbound-bytes-per-sec", 1<<20, "bytes per second one connection may send, in bursts up to the larger of a second's worth and --max-message-bytes (past it: close 1008); 0 off")
 	durationVar(fs, &e.IdleTimeout, "idle-timeout", 0, "close (1000) a connection that sent no data message for this long; pings do not count; 0 off")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve /debug/pprof/ on the admin listener")
+	fs.BoolVar(&c.adminUI, "admin-ui", false, "serve the admin page at / on the admin listener (needs --admin and --api-key: the page works through the HTTP API)")
 	fs.BoolVar(&c.printConfig, "print-config", false, "print the effective configuration as TOML (secrets masked) and exit")
 	return fs
 }
@@ -316,6 +318,9 @@ func parseConfig(args []string, stdout io.Writer) (*config, error) {
 			f := fs.Lookup(s.name)
 			return nil, fmt.Errorf("invalid --%s %s: must be greater than 0 (default %s)", s.name, f.Value, f.DefValue)
 		}
+	}
+	if c.adminUI && (c.admin == "" || c.apiKey == "") {
+		return nil, errors.New("--admin-ui needs --admin and --api-key: the page reads and acts through the HTTP API, with its key")
 	}
 	if c.defaults.HistorySize < 0 {
 		return nil, fmt.Errorf("invalid --history-size %d: must be 0 or more", c.defaults.HistorySize)

@@ -30,6 +30,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	runtimemetrics "runtime/metrics"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -104,10 +105,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 		return 1
 	}
 	defer mem.Close()
-	handler := protocol.New(protocol.Options{Hub: h, Verifier: verifier, Policy: hub.Policy{ClientPublish: cfg.allowClientPublish}, Logger: log})
+	handler := protocol.New(protocol.Options{Hub: h, Verifier: verifier, Policy: hub.Policy{ClientPublish: cfg.allowClientPublish},
+		MaxMessageBytes: int(srv.Config().MaxMessageBytes), Logger: log})
 	wsOpts := engine.RouteOptions{
 		Subprotocols: cfg.protocols(),
 		Authenticate: protocol.Authenticator(verifier, cfg.tokenCookie, cfg.allowAnonymous || verifier == nil),
+	}
+	if slices.Contains(wsOpts.Subprotocols, protocol.SubprotocolMsgpack) {
+		wsOpts.Alternate = protocol.MsgpackAlternate()
 	}
 	if err := srv.Handle("/ws", handler, wsOpts); err != nil {
 		fmt.Fprintf(stderr, "wsd: %v\n", err)
@@ -148,6 +153,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 	var admin *http.Server
 	if adminLn != nil {
 		mux := adminMux(srv, &api{hub: h, srv: srv, mem: mem, key: cfg.apiKey, maxData: int(cfg.engine.MaxMessageBytes), log: log})
+		if cfg.adminUI {
+			serveAdminUI(mux)
+			log.Info("admin page on the admin listener", "path", "/")
+		}
 		if cfg.pprof {
 			mux.HandleFunc("/debug/pprof/", pprof.Index)
 			mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)

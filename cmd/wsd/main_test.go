@@ -127,6 +127,7 @@ func TestBadConfiguration(t *testing.T) {
 		{"byte rate too low for the message size", []string{"--max-inbound-bytes-per-sec", "100"}, [2]string{},
 			"max inbound bytes per second 100 is too low for max message bytes 1048576"},
 		{"stray argument", []string{"serve"}, [2]string{}, `unexpected argument "serve"`},
+		{"admin page without the API", []string{"--admin-ui"}, [2]string{}, "--admin-ui needs --admin and --api-key"},
 	}
 	if os.Geteuid() != 0 { // root reads any file
 		cases = append(cases, struct {
@@ -425,7 +426,7 @@ func TestSettingsLog(t *testing.T) {
 		"listen":             "127.0.0.1:0",
 		"admin":              "127.0.0.1:0",
 		"compression":        false,
-		"subprotocols":       "wsd.json",
+		"subprotocols":       "wsd.json,wsd.msgpack",
 	} {
 		if got[k] != want {
 			t.Errorf("%s: got %#v, want %#v", k, got[k], want)

@@ -77,8 +77,10 @@ func Start(t testing.TB, o Options) *Stack {
 			t.Fatal(err)
 		}
 	}
-	handler := protocol.New(protocol.Options{Hub: h, Verifier: v, Policy: o.Policy, Logger: cfg.Logger})
-	if err := srv.Handle("/ws", handler, engine.RouteOptions{Subprotocols: []string{protocol.Subprotocol},
+	handler := protocol.New(protocol.Options{Hub: h, Verifier: v, Policy: o.Policy, Logger: cfg.Logger,
+		MaxMessageBytes: int(srv.Config().MaxMessageBytes)})
+	if err := srv.Handle("/ws", handler, engine.RouteOptions{Subprotocols: []string{protocol.Subprotocol, protocol.SubprotocolMsgpack},
+		Alternate:    protocol.MsgpackAlternate(),
 		Authenticate: protocol.Authenticator(v, "wsd_token", o.Anonymous || v == nil)}); err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +112,17 @@ func Token(t testing.TB, sub string, claims jwt.MapClaims) string {
 // Dial opens a /ws client, with a bearer token if tok is not empty.
 func (s *Stack) Dial(t testing.TB, tok string) *wstest.Client {
 	t.Helper()
+	return s.DialProtocol(t, tok, "")
+}
+
+// DialProtocol opens a /ws client asking for subprotocol proto (none if
+// empty), with a bearer token if tok is not empty.
+func (s *Stack) DialProtocol(t testing.TB, tok, proto string) *wstest.Client {
+	t.Helper()
 	o := wstest.Options{}
+	if proto != "" {
+		o.Protocols = []string{proto}
+	}
 	if tok != "" {
 		o.Header = http.Header{"Authorization": {"Bearer " + tok}}
 	}

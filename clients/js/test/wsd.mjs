@@ -1,0 +1,131 @@
+// Starts real wsd processes for the tests: bin/wsd (built by `make
+// test-js`, or WSD_BIN) on free loopback ports, stopped by PID.
+import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
+import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const wsdBin = process.env.WSD_BIN ?? resolve(here, "../../../bin/wsd");
+
+export const secret = "a test secret of at least thirty-two bytes";
+export const apiKey = "test-key";
+
+/** freePort returns a loopback port nothing listens on now. */
+export function freePort() {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once("error", rej);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => res(port));
+    });
+  });
+}
+
+/** token signs an HS256 JWT for sub with extra claims. */
+export function token(sub, claims = {}) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub, ...claims })}`;
+  return `${body}.${createHmac("sha256", secret).update(body).digest("base64url")}`;
+}
+
+/**
+ * startWsd runs wsd with the given extra flags (and port, to restart on
+ * the same one) and resolves once /readyz answers 200.
+ */
+export async function startWsd({ args = [], port, tokens = false } = {}) {
+  if (!existsSync(wsdBin)) throw new Error(`${wsdBin} is missing: run make test-js (or go build -o bin/wsd ./cmd/wsd)`);
+  port ??= await freePort();
+  const admin = await freePort();
+  const flags = ["--listen", `127.0.0.1:${port}`, "--admin", `127.0.0.1:${admin}`, "--api-key", apiKey, "--loops", "2", "--log-level", "warn", ...args];
+  if (tokens) {
+    const dir = mkdtempSync(join(tmpdir(), "wsd-js-"));
+    writeFileSync(join(dir, "secret"), secret);
+    flags.push("--jwt-secret-file", join(dir, "secret"));
+  }
+  const proc = spawn(wsdBin, flags, { stdio: ["ignore", "ignore", "pipe"] });
+  let log = "";
+  proc.stderr.on("data", (d) => (log += d));
+  const exited = new Promise((res) => proc.once("exit", (code, signal) => res({ code, signal })));
+  const deadline = Date.now() + 15000;
+  for (;;) {
+    if (proc.exitCode !== null) throw new Error(`wsd exited at start: ${log}`);
+    try {
+      const r = await fetch(`http://127.0.0.1:${admin}/readyz`);
+      if (r.status === 200) break;
+    } catch {}
+    if (Date.now() > deadline) {
+      proc.kill("SIGKILL");
+      throw new Error(`wsd not ready after 15 s: ${log}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    port,
+    url: `ws://127.0.0.1:${port}/ws`,
+    adminURL: `http://127.0.0.1:${admin}`,
+    pid: proc.pid,
+    log: () => log,
+    /** api calls the HTTP API: POST with a body, GET without. */
+    async api(path, body) {
+      const r = await fetch(`http://127.0.0.1:${admin}${path}`, {
+        method: body === undefined ? "GET" : "POST",
+        headers: { Authorization: `apikey ${apiKey}` },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      const json = await r.json();
+      if (r.status !== 200) throw new Error(`${path}: ${r.status} ${JSON.stringify(json)}`);
+      return json;
+    },
+    signal(sig) {
+      process.kill(proc.pid, sig);
+    },
+    /** stop sends SIGTERM (a drain) and waits for the exit; SIGKILL after 10 s. */
+    async stop() {
+      if (proc.exitCode !== null || proc.signalCode !== null) return exited;
+      proc.kill("SIGTERM");
+      const t = setTimeout(() => proc.kill("SIGKILL"), 10000);
+      const res = await exited;
+      clearTimeout(t);
+      return res;
+    },
+  };
+}
+
+/** next resolves with the next event `name` of an emitter, or rejects after ms. */
+export function next(emitter, name, ms = 10000) {
+  return new Promise((res, rej) => {
+    const t = setTimeout(() => {
+      off();
+      rej(new Error(`no ${name} event within ${ms} ms`));
+    }, ms);
+    const off = emitter.on(name, (ev) => {
+      clearTimeout(t);
+      off();
+      res(ev);
+    });
+  });
+}
+
+/** collect gathers a subscription's publications until it has n. */
+export function collect(sub, n, ms = 10000) {
+  const got = [];
+  return new Promise((res, rej) => {
+    const t = setTimeout(() => {
+      off();
+      rej(new Error(`${got.length} of ${n} publications within ${ms} ms`));
+    }, ms);
+    const off = sub.on("publication", (p) => {
+      got.push(p);
+      if (got.length === n) {
+        clearTimeout(t);
+        off();
+        res(got);
+      }
+    });
+  });
+}

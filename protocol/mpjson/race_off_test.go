@@ -1,0 +1,5 @@
+//go:build !race
+
+package mpjson
+
+const raceEnabled = false
