@@ -33,21 +33,35 @@ type Server struct {
 	bin  string
 	dir  string
 	port int
+	opts Options
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
 	log *os.File
 }
 
+// Options change how the server runs.
+type Options struct {
+	// Persist turns on the append-only file with an fsync per write, so
+	// that a Restart after Stop (SIGKILL) keeps every write Redis answered.
+	Persist bool
+}
+
 // Start runs redis-server on a free 127.0.0.1 port and waits until it
 // answers PING. It skips the test when redis-server is missing.
 func Start(t testing.TB) *Server {
+	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// StartWith is Start with Options.
+func StartWith(t testing.TB, o Options) *Server {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Skip("redis-server not found: install it (Debian: apt-get install redis-server) to run the Redis broker tests")
 	}
-	s := &Server{t: t, bin: bin, dir: t.TempDir()}
+	s := &Server{t: t, bin: bin, dir: t.TempDir(), opts: o}
 	s.port = freePort(t)
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
 	t.Cleanup(s.kill)
@@ -77,7 +91,7 @@ func (s *Server) start() error {
 	if err != nil {
 		return fmt.Errorf("redistest: log file: %w", err)
 	}
-	cmd := exec.Command(s.bin,
+	args := []string{
 		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",
 		"--save", "",
@@ -85,7 +99,11 @@ func (s *Server) start() error {
 		"--dir", s.dir,
 		"--daemonize", "no",
 		"--protected-mode", "yes",
-	)
+	}
+	if s.opts.Persist {
+		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
+	}
+	cmd := exec.Command(s.bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()
@@ -158,7 +176,8 @@ func (s *Server) Stop() {
 	logf.Close()
 }
 
-// Restart starts the server again on the same port, empty.
+// Restart starts the server again on the same port: empty, or with what
+// it had if it persists (Options.Persist).
 func (s *Server) Restart() {
 	s.t.Helper()
 	if err := s.start(); err != nil {

@@ -33,3 +33,15 @@ func TestStopRestart(t *testing.T) {
 		t.Fatalf("CONFIG GET: %q", r)
 	}
 }
+
+func TestPersistRestart(t *testing.T) {
+	s := StartWith(t, Options{Persist: true})
+	if r, err := s.Do("SET", "k", "v"); err != nil || r != "+OK" {
+		t.Fatalf("SET: %q %v", r, err)
+	}
+	s.Stop()
+	s.Restart()
+	if r, err := s.Do("GET", "k"); err != nil || r != "$1" {
+		t.Fatalf("GET after a restart of a persisting server: %q %v", r, err)
+	}
+}
