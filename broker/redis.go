@@ -93,7 +93,9 @@ type RedisOptions struct {
 // channel, atomically. Key expiry: with a HistoryTTL, max(HistoryTTL,
 // StreamIdle) after the last publication; with no history, StreamIdle;
 // with a history and no age limit, none (the history is bounded by size,
-// Redis's maxmemory by the operator). A stream that expires or is lost
+// Redis's maxmemory by the operator). While a node subscribes to a channel
+// it keeps the stream's meta key at least StreamIdle from expiring, as
+// Memory keeps a subscribed stream. A stream that expires or is lost
 // (Redis restarted without persistence, its keys evicted) starts a new
 // epoch at its next publication.
 //
@@ -164,6 +166,40 @@ type Redis struct {
 
 var _ Broker = (*Redis)(nil)
 
+// keepLoop keeps the streams of the node's channels from expiring (see
+// keepScript), every third of StreamIdle.
+func (r *Redis) keepLoop() {
+	defer r.wg.Done()
+	t := time.NewTicker(r.opts.StreamIdle / 3)
+	defer t.Stop()
+	idle := strconv.FormatInt(ceilMs(r.opts.StreamIdle), 10)
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-t.C:
+		}
+		r.mu.Lock()
+		batch := make([]rueidis.LuaExec, 0, len(r.subs))
+		for name := range r.subs {
+			batch = append(batch, rueidis.LuaExec{Keys: []string{r.metaKey(name)}, Args: []string{idle}})
+		}
+		r.mu.Unlock()
+		for len(batch) > 0 {
+			n := min(len(batch), subscribeBatch)
+			ctx, cancel := r.ctx()
+			for _, res := range keepScript.ExecMulti(ctx, r.client, batch[:n]...) {
+				if err := res.Error(); err != nil {
+					r.log.Debug("broker: redis: stream expiry not extended", "err", err)
+					break
+				}
+			}
+			cancel()
+			batch = batch[n:]
+		}
+	}
+}
+
 // RedisStats are the Redis broker's counters since NewRedis, for metrics.
 type RedisStats struct {
 	Published    atomic.Uint64 // publications accepted by Redis
@@ -173,6 +209,7 @@ type RedisStats struct {
 	Refetched    atomic.Uint64 // publications read from history to fill a gap
 	Skipped      atomic.Uint64 // publications lost to a gap history could not fill
 	Reconnects   atomic.Uint64 // pub/sub connections made after the first
+	NewEpochs    atomic.Uint64 // subscribed channels seen starting a new epoch
 	BadMessages  atomic.Uint64 // pub/sub messages that did not parse
 	DroppedLocal atomic.Uint64 // messages of channels the node no longer subscribes to
 }
@@ -317,10 +354,11 @@ func (r *Redis) Run(h Handler) error {
 	r.running = true
 	r.handler.Store(&handlerRef{h})
 	r.stop = make(chan struct{})
-	r.wg.Add(3)
+	r.wg.Add(4)
 	go r.pubsubLoop()
 	go r.announceLoop()
 	go r.presenceLoop()
+	go r.keepLoop()
 	return nil
 }
 

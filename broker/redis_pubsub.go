@@ -291,7 +291,7 @@ func (r *Redis) onMessage(m rueidis.PubSubMessage) {
 func (r *Redis) deliver(s *redisSub, h Handler, pub Publication, epoch string) {
 	if epoch != s.epoch {
 		// A new epoch: the stream was lost or expired and started again.
-		s.epoch, s.off = epoch, 0
+		r.newEpoch(s, h, epoch)
 	}
 	switch {
 	case pub.Offset <= s.off:
@@ -331,7 +331,7 @@ func (r *Redis) fill(s *redisSub, upto uint64) {
 		return // no stream (yet, or any more): nothing to deliver
 	}
 	if pos.Epoch != s.epoch {
-		s.epoch, s.off = pos.Epoch, 0
+		r.newEpoch(s, hr.h, pos.Epoch)
 	}
 	for i := range pubs {
 		p := &pubs[i]
@@ -352,6 +352,21 @@ func (r *Redis) fill(s *redisSub, upto uint64) {
 	if upto == 0 && pos.Offset > s.off {
 		r.stats.Skipped.Add(pos.Offset - s.off)
 		s.off = pos.Offset
+	}
+}
+
+// newEpoch moves s to the start of epoch and tells the Handler, if it
+// wants to know, when that replaces a stream it had delivered from. s.mu
+// is held.
+func (r *Redis) newEpoch(s *redisSub, h Handler, epoch string) {
+	old := s.epoch
+	s.epoch, s.off = epoch, 0
+	if old == "" {
+		return
+	}
+	r.stats.NewEpochs.Add(1)
+	if eh, ok := h.(EpochHandler); ok {
+		eh.HandleEpoch(s.name, Position{Epoch: epoch})
 	}
 }
 

@@ -133,3 +133,14 @@ for i = 1, #live, 500 do
 end
 return vals
 `)
+
+// keepScript: KEYS meta; ARGV idle (ms). A channel some node subscribes to
+// keeps its stream (offset and epoch) for at least idle more, as a
+// subscribed stream of the Memory broker never expires: otherwise a quiet
+// channel's subscribers would see a new epoch at its next publication.
+var keepScript = rueidis.NewLuaScript(`
+local t = redis.call('PTTL', KEYS[1])
+local idle = tonumber(ARGV[1])
+if t >= 0 and t < idle then redis.call('PEXPIRE', KEYS[1], idle) end
+return 1
+`)

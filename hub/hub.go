@@ -89,6 +89,7 @@ type Stats struct {
 	SubscribesRefused  atomic.Uint64 // subscribes refused (limits, permissions, bad names)
 	DuplicatesFiltered atomic.Uint64 // live publications skipped because recovery had sent them
 	ChannelsRefused    atomic.Uint64 // subscribes refused because the node has MaxChannels channels
+	EpochResets        atomic.Uint64 // subscribed channels whose stream started a new epoch (broker.EpochHandler)
 }
 
 // loopIndex is one event loop's view of the channels. Owned by that loop.
@@ -120,8 +121,12 @@ type member struct {
 }
 
 // eventBit marks a frame's sequence number as an event stamp rather than
-// a publication's offset.
-const eventBit = 1 << 63
+// a publication's offset; resetBit (with eventBit) marks the event as a
+// new epoch of the channel (HandleEpoch), which clients do not see.
+const (
+	eventBit = 1 << 63
+	resetBit = 1 << 62
+)
 
 // New returns a hub over srv and starts its broker.
 func New(o Options) (*Hub, error) {
