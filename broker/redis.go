@@ -254,6 +254,11 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		// A dead Redis must be noticed within the command timeout, also on
 		// the idle pub/sub connection.
 		ConnWriteTimeout: opts.Timeout,
+		// One pipelined connection for commands (Redis runs them one at a
+		// time anyway): after Redis restarts, only it can fail a command
+		// with the old connection's error, and the pub/sub loop's PING
+		// replaces it before the node says it is ready again.
+		PipelineMultiplex: -1,
 	}
 	co.Dialer.Timeout = opts.Timeout
 	co.Dialer.KeepAlive = opts.Timeout / 2

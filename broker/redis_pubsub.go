@@ -162,6 +162,20 @@ func (r *Redis) connectPubSub(first bool) error {
 		<-wait
 		return fmt.Errorf("pub/sub connection: %w", err)
 	}
+	if !first {
+		// The command connection may still be the one Redis closed: its
+		// next command would fail with the old connection's error. A PING
+		// (safe to repeat, unlike a publish) takes that error and makes
+		// rueidis connect it again.
+		for range 2 {
+			ctx, cancel := r.ctx()
+			err := r.client.Do(ctx, r.client.B().Ping().Build()).Error()
+			cancel()
+			if err == nil {
+				break
+			}
+		}
+	}
 	r.mu.Lock()
 	chans := make([]string, 0, len(r.subs))
 	for name := range r.subs {

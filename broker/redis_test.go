@@ -519,3 +519,29 @@ func TestRedisOptions(t *testing.T) {
 		t.Fatal("connected to nothing")
 	}
 }
+
+// TestRedisSubscribedStreamKept: a channel some node subscribes to keeps
+// its stream past StreamIdle without publications; one nobody subscribes
+// to does not.
+func TestRedisSubscribedStreamKept(t *testing.T) {
+	srv := redistest.Start(t)
+	idle := 300 * time.Millisecond
+	a := newTestRedis(t, srv, nil, func(o *RedisOptions) { o.StreamIdle = idle })
+	if err := a.Subscribe("kept"); err != nil {
+		t.Fatal(err)
+	}
+	k1, _ := a.Publish("kept", []byte("1"), ChannelOptions{})
+	g1, _ := a.Publish("gone", []byte("1"), ChannelOptions{})
+	time.Sleep(3 * idle)
+	k2, err1 := a.Publish("kept", []byte("2"), ChannelOptions{})
+	g2, err2 := a.Publish("gone", []byte("2"), ChannelOptions{})
+	if err1 != nil || err2 != nil {
+		t.Fatal(err1, err2)
+	}
+	if k2.Epoch != k1.Epoch || k2.Offset != 2 {
+		t.Fatalf("subscribed channel: %+v then %+v", k1, k2)
+	}
+	if g2.Epoch == g1.Epoch || g2.Offset != 1 {
+		t.Fatalf("channel nobody subscribes to: %+v then %+v", g1, g2)
+	}
+}
