@@ -141,6 +141,8 @@ type Redis struct {
 	prefix  string
 	sharded bool
 	epochs  epochs
+	// fillBudget is fillBudget (tests make it smaller).
+	fillBudget int
 
 	handler atomic.Pointer[handlerRef]
 
@@ -281,6 +283,8 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		timeout: opts.Timeout,
 		prefix:  opts.Prefix,
 		subs:    map[string]*redisSub{},
+
+		fillBudget: fillBudget,
 	}
 	r.epochs.init()
 	r.presence.init()
@@ -391,11 +395,9 @@ func (r *Redis) Close() error {
 		close(r.stop)
 	}
 	r.life.Unlock()
-	r.mu.Lock()
-	if r.ps != nil {
-		r.ps.Close()
-	}
-	r.mu.Unlock()
+	// The pub/sub loop closes its connection when it sees stop. Closing it
+	// here, under r.mu, would wait for a message handler that waits for
+	// r.mu: rueidis runs the handlers on the connection's reader.
 	r.wg.Wait()
 	r.unannounce()
 	r.presence.removeAll(r)

@@ -28,7 +28,7 @@ func (r *Redis) History(channel string, since *Position, limit int) ([]Publicati
 	if since != nil {
 		sinceArg = int64(since.Offset)
 	}
-	pos, cut, pubs, err := r.readHistory(channel, sinceArg, max(limit, 0))
+	pos, cut, pubs, err := r.readHistory(channel, sinceArg, max(limit, 0), 0, "")
 	if err != nil {
 		return nil, Position{}, err
 	}
@@ -72,14 +72,14 @@ func retained(pubs []Publication, cut int64) []Publication {
 	return pubs
 }
 
-// readHistory runs the history script: the stream's position, the age
-// cutoff and the entries (newest first).
-func (r *Redis) readHistory(channel string, since int64, limit int) (Position, int64, []Publication, error) {
+// readHistory runs the history script (see its arguments there): the
+// stream's position, the age cutoff and the entries (newest first).
+func (r *Redis) readHistory(channel string, since int64, limit int, budget int, epoch string) (Position, int64, []Publication, error) {
 	ctx, cancel := r.ctx()
 	defer cancel()
 	vals, err := historyScript.Exec(ctx, r.client,
 		[]string{r.metaKey(channel), r.streamKey(channel)},
-		[]string{strconv.FormatInt(since, 10), strconv.Itoa(limit)},
+		[]string{strconv.FormatInt(since, 10), strconv.Itoa(limit), strconv.Itoa(budget), epoch},
 	).ToArray()
 	if err != nil {
 		return Position{}, 0, nil, fmt.Errorf("broker: redis history of %q: %w", channel, err)

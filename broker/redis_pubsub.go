@@ -23,9 +23,11 @@ type redisSub struct {
 	off   uint64
 }
 
-// maxFill bounds the publications read from history to fill one gap; a
-// gap longer than that is skipped (the Handler sees the jump).
-const maxFill = 10_000
+// fillBudget bounds the publication bytes one history read brings in to
+// fill a gap (a read returns at least one publication, so a gap costs at
+// most this plus one message at a time); a longer gap is read page by
+// page.
+const fillBudget = 4 << 20
 
 // subscribeBatch bounds the channels named in one (S)SUBSCRIBE when the
 // node subscribes again after a reconnection.
@@ -53,8 +55,6 @@ func (r *Redis) Subscribe(channel string) error {
 		return ErrClosed
 	}
 	s := &redisSub{name: channel}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	r.mu.Lock()
 	ps := r.ps
 	if ps == nil {
@@ -76,9 +76,13 @@ func (r *Redis) Subscribe(channel string) error {
 	if err := ps.Do(ctx, r.subscribeCmd(ps, r.chanKey(channel))).Error(); err != nil {
 		return fail(fmt.Errorf("broker: redis subscribe to %q: %w", channel, err))
 	}
-	// Read after the subscription is confirmed: a message that arrives
-	// before this read holds s.mu was published before the read, so the
-	// position covers it.
+	// Read after the subscription is confirmed, holding s.mu: a message
+	// that came before is dropped (s is not ready), but it was published
+	// before the read, so the position covers it. s.mu is not held during
+	// the subscribe itself: rueidis reads its confirmation on the goroutine
+	// that runs the message handlers, which may be waiting for s.mu.
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	pos, err := r.position(channel)
 	if err != nil {
 		return fail(err)
@@ -328,44 +332,56 @@ func (r *Redis) deliver(s *redisSub, h Handler, pub Publication, epoch string) {
 // fill delivers, from history, what s missed after its position: the
 // retained publications after it, up to the stream's current offset (or
 // only those before upto, if upto > 0, when the message at upto is
-// delivered next by the caller). s.mu is held. Publications history no
-// longer has are skipped (counted).
+// delivered next by the caller), reading at most fillBudget bytes at a
+// time. s.mu is held. Publications history no longer has are skipped
+// (counted).
 func (r *Redis) fill(s *redisSub, upto uint64) {
 	hr := r.handler.Load()
 	if hr == nil {
 		return
 	}
-	pos, cut, pubs, err := r.readHistory(s.name, -1, maxFill)
-	if err != nil {
-		r.log.Warn("broker: redis: cannot read history to fill a gap", "channel", s.name, "err", err)
-		return
-	}
-	pubs = retained(pubs, cut)
-	if pos.Epoch == "" {
-		return // no stream (yet, or any more): nothing to deliver
-	}
-	if pos.Epoch != s.epoch {
-		r.newEpoch(s, hr.h, pos.Epoch)
-	}
-	for i := range pubs {
-		p := &pubs[i]
-		if p.Offset <= s.off {
-			continue
+	for {
+		pos, cut, pubs, err := r.readHistory(s.name, int64(s.off), 0, r.fillBudget, s.epoch)
+		if err != nil {
+			r.log.Warn("broker: redis: cannot read history to fill a gap", "channel", s.name, "err", err)
+			return
 		}
-		if upto > 0 && p.Offset >= upto {
-			break
+		if pos.Epoch == "" {
+			return // no stream (yet, or any more): nothing to deliver
 		}
-		if p.Offset > s.off+1 {
-			r.stats.Skipped.Add(p.Offset - s.off - 1)
+		if pos.Epoch != s.epoch {
+			r.newEpoch(s, hr.h, pos.Epoch)
 		}
-		s.off = p.Offset
-		r.stats.Refetched.Add(1)
-		r.stats.Delivered.Add(1)
-		hr.h.HandlePublication(s.name, p, Position{Offset: p.Offset, Epoch: pos.Epoch})
-	}
-	if upto == 0 && pos.Offset > s.off {
-		r.stats.Skipped.Add(pos.Offset - s.off)
-		s.off = pos.Offset
+		pubs = retained(pubs, cut)
+		progress := false
+		for i := range pubs {
+			p := &pubs[i]
+			if p.Offset <= s.off {
+				continue
+			}
+			if upto > 0 && p.Offset >= upto {
+				return
+			}
+			if p.Offset > s.off+1 {
+				r.stats.Skipped.Add(p.Offset - s.off - 1)
+			}
+			s.off = p.Offset
+			progress = true
+			r.stats.Refetched.Add(1)
+			r.stats.Delivered.Add(1)
+			hr.h.HandlePublication(s.name, p, Position{Offset: p.Offset, Epoch: pos.Epoch})
+		}
+		if s.off >= pos.Offset || (upto > 0 && s.off+1 >= upto) {
+			return
+		}
+		if !progress {
+			// What is left is no longer retained.
+			if upto == 0 {
+				r.stats.Skipped.Add(pos.Offset - s.off)
+				s.off = pos.Offset
+			}
+			return
+		}
 	}
 }
 

@@ -47,12 +47,16 @@ redis.call(ARGV[6], KEYS[3], 'p' .. o .. ' ' .. ms .. ' ' .. e .. ' ' .. ARGV[1]
 return {o, e, ms}
 `)
 
-// historyScript: KEYS meta, stream; ARGV since offset (-1: none), limit (0:
-// all). Returns {offset, epoch, cutoff ms, [id, offset, data]…}, the
-// entries newest first: the newest limit ones without since; with since,
-// the ones after it, or none when more than limit follow it. Entries at or
-// before cutoff are past the channel's history TTL (the caller drops
-// them). No meta key: {0, "", 0}.
+// historyScript: KEYS meta, stream; ARGV since offset (-1: none), limit
+// (0: all), byte budget (0: none), epoch of since ("": not checked).
+// Returns {offset, epoch, cutoff ms, [id, offset, data]…}, the entries
+// newest first: the newest limit ones without since; with since, the ones
+// after it, or none when more than limit follow it. When since's epoch is
+// given and is not the stream's, since counts from the stream's start.
+// With a byte budget only the oldest of those entries are returned, as
+// many as fit in it (at least one), so a reader can page through a long
+// gap in order. Entries at or before cutoff are past the channel's history
+// TTL (the caller drops them). No meta key: {0, "", 0}.
 var historyScript = rueidis.NewLuaScriptReadOnly(`
 local m = redis.call('HMGET', KEYS[1], 'o', 'e', 't')
 if not m[1] then return {0, '', 0} end
@@ -66,6 +70,8 @@ end
 local out = {off, m[2], cut}
 local since = tonumber(ARGV[1])
 local lim = tonumber(ARGV[2])
+local budget = tonumber(ARGV[3])
+if since >= 0 and ARGV[4] ~= '' and ARGV[4] ~= m[2] then since = 0 end
 local n = lim
 if since >= 0 then
   n = off - since
@@ -77,7 +83,17 @@ if n > 0 then
 else
   ents = redis.call('XREVRANGE', KEYS[2], '+', '-')
 end
-for _, x in ipairs(ents) do
+local j = 1
+if budget > 0 and #ents > 0 then
+  j = #ents
+  local total = #ents[j][2][4]
+  while j > 1 and total + #ents[j - 1][2][4] <= budget do
+    j = j - 1
+    total = total + #ents[j][2][4]
+  end
+end
+for i = j, #ents do
+  local x = ents[i]
   out[#out + 1] = x[1]
   out[#out + 1] = x[2][2]
   out[#out + 1] = x[2][4]
