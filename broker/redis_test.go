@@ -541,3 +541,24 @@ func TestRedisSubscribedStreamKept(t *testing.T) {
 		t.Fatalf("channel nobody subscribes to: %+v then %+v", g1, g2)
 	}
 }
+
+// TestRedisSentinel: the broker finds its master through a sentinel.
+func TestRedisSentinel(t *testing.T) {
+	srv := redistest.Start(t)
+	sen := redistest.StartSentinel(t, srv)
+	rec := &recorder{}
+	a := newTestRedis(t, srv, rec, func(o *RedisOptions) { o.Addrs, o.SentinelMaster = []string{sen.Addr}, sen.Master })
+	if err := a.Subscribe("c"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Publish("c", []byte("1"), ChannelOptions{HistorySize: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if ev := waitEvents(t, rec, 1); ev[0].offset != 1 || ev[0].data != "1" {
+		t.Fatalf("through the sentinel: %+v", ev)
+	}
+	// It is the master's data: read there directly.
+	if n, _ := srv.Do("XLEN", "t:h:{c}"); n != ":1" {
+		t.Fatalf("XLEN on the master: %s", n)
+	}
+}

@@ -231,3 +231,55 @@ func (s *Server) kill() {
 		logf.Close()
 	}
 }
+
+// Sentinel is a redis-sentinel process watching one Server as master set
+// "wsdtest" (quorum 1).
+type Sentinel struct {
+	// Addr is host:port of the sentinel.
+	Addr string
+	// Master is the master set's name.
+	Master string
+}
+
+// StartSentinel runs a sentinel for master on a free loopback port and
+// waits until it knows the master. It is killed by its PID when the test
+// ends.
+func StartSentinel(t testing.TB, master *Server) *Sentinel {
+	t.Helper()
+	dir := t.TempDir()
+	port := freePort(t)
+	conf := filepath.Join(dir, "sentinel.conf")
+	body := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nsentinel monitor wsdtest 127.0.0.1 %d 1\nsentinel down-after-milliseconds wsdtest 1000\n",
+		port, dir, master.port)
+	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(filepath.Join(dir, "sentinel.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(master.bin, conf, "--sentinel")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("redistest: start sentinel: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		logf.Close()
+	})
+	s := &Sentinel{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Master: "wsdtest"}
+	probe := &Server{Addr: s.Addr}
+	deadline := time.Now().Add(Timeout)
+	for {
+		r, err := probe.Do("SENTINEL", "get-master-addr-by-name", "wsdtest")
+		if err == nil && strings.HasPrefix(r, "*2") {
+			return s
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(filepath.Join(dir, "sentinel.log"))
+			t.Fatalf("redistest: sentinel on %s does not know its master (%q %v); its log:\n%s", s.Addr, r, err, b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
