@@ -3,11 +3,13 @@ package main
 import (
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
@@ -23,6 +25,8 @@ type clusterConfig struct {
 	redisUser      string
 	redisPassword  string
 	redisTLS       bool
+	redisTLSCA     string
+	tlsRoots       *x509.CertPool // from redisTLSCA
 	redisSentinel  string
 	redisPrefix    string
 	redisTimeout   time.Duration
@@ -37,7 +41,8 @@ func clusterFlags(fs *flag.FlagSet, c *clusterConfig) {
 	fs.StringVar(&c.redisAddr, "redis-addr", "127.0.0.1:6379", "with --broker redis: comma-separated Redis addresses (host:port): one server, Redis Cluster seeds, or the sentinels with --redis-sentinel-master")
 	fs.StringVar(&c.redisUser, "redis-user", "", "with --broker redis: ACL user name (empty: the default user)")
 	fs.StringVar(&c.redisPassword, "redis-password", "", "with --broker redis: password (prefer WSD_REDIS_PASSWORD or the config file to the command line)")
-	fs.BoolVar(&c.redisTLS, "redis-tls", false, "with --broker redis: connect with TLS (the system's roots verify the server)")
+	fs.BoolVar(&c.redisTLS, "redis-tls", false, "with --broker redis: connect with TLS (the system's roots verify the server, or --redis-tls-ca's)")
+	fs.StringVar(&c.redisTLSCA, "redis-tls-ca", "", "with --redis-tls: PEM file of the CA certificates that verify Redis's (instead of the system's roots)")
 	fs.StringVar(&c.redisSentinel, "redis-sentinel-master", "", "with --broker redis: the master set name; --redis-addr then lists the sentinels")
 	fs.StringVar(&c.redisPrefix, "redis-prefix", broker.DefaultRedisPrefix, "with --broker redis: prefix of every key and pub/sub channel, so that clusters can share a Redis (no '{' or '}')")
 	durationVar(fs, &c.redisTimeout, "redis-timeout", broker.DefaultRedisTimeout, "with --broker redis: time allowed for each Redis command; a publish not confirmed in it fails (BROKER_ERROR)")
@@ -84,6 +89,19 @@ func (c *clusterConfig) check() error {
 		}
 		if d.v < d.least {
 			return fmt.Errorf("invalid --%s %v: at least %v (default %v)", d.name, d.v, d.least, d.def)
+		}
+	}
+	if c.redisTLSCA != "" {
+		if !c.redisTLS {
+			return errors.New("--redis-tls-ca needs --redis-tls")
+		}
+		b, err := os.ReadFile(c.redisTLSCA)
+		if err != nil {
+			return fmt.Errorf("--redis-tls-ca: %v", err)
+		}
+		c.tlsRoots = x509.NewCertPool()
+		if !c.tlsRoots.AppendCertsFromPEM(b) {
+			return fmt.Errorf("--redis-tls-ca %s: no PEM certificate in it", c.redisTLSCA)
 		}
 	}
 	if c.advertiseAddr != "" {
@@ -139,7 +157,7 @@ func (c *config) newBrokers(log *slog.Logger, srv *engine.Server) (brokers, erro
 	}
 	var tlsConf *tls.Config
 	if c.cluster.redisTLS {
-		tlsConf = &tls.Config{MinVersion: tls.VersionTLS12}
+		tlsConf = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: c.cluster.tlsRoots}
 	}
 	adv := c.cluster.advertiseAddr
 	if adv == "" {

@@ -100,3 +100,33 @@ func TestRedisBrokerAdmin(t *testing.T) {
 		t.Fatalf("publish after Redis came back: %d %v", code, v)
 	}
 }
+
+// TestRedisTLSAndPassword: wsd reaches a Redis that speaks TLS only and
+// wants a password, verifying it with --redis-tls-ca; without the CA, or
+// with a wrong password, it does not start.
+func TestRedisTLSAndPassword(t *testing.T) {
+	srv := redistest.StartWith(t, redistest.Options{TLS: true, Password: "s3cret"})
+	base := []string{"--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--broker", "redis", "--redis-addr", srv.Addr,
+		"--redis-tls", "--redis-timeout", "1s", "--api-key", testKey}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no CA", []string{"--redis-password", "s3cret"}, "certificate signed by unknown authority"},
+		{"wrong password", []string{"--redis-tls-ca", srv.CAFile, "--redis-password", "guess"}, "WRONGPASS"},
+	} {
+		code, stderr := runArgs(t, append(base, tc.args...)...)
+		if code != 1 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%s: exit %d, stderr %q", tc.name, code, stderr)
+		}
+	}
+	_, admin, _, _ := startRun(t, append(base, "--redis-tls-ca", srv.CAFile, "--redis-password", "s3cret")...)
+	waitReadyz(t, admin, http.StatusOK)
+	if code, v := apiCall(t, admin, "POST", "/api/publish", testKey, `{"channel":"c","data":1}`); code != 200 || v["offset"] != float64(1) {
+		t.Fatalf("publish over TLS: %d %v", code, v)
+	}
+	if r, _ := srv.Do("HGET", "wsd:m:{c}", "o"); r != "$1" {
+		t.Fatalf("the publication is not in Redis: %s", r)
+	}
+}

@@ -134,6 +134,8 @@ func TestBadConfiguration(t *testing.T) {
 		{"redis prefix empty", []string{"--redis-prefix", ""}, [2]string{}, `invalid --redis-prefix ""`},
 		{"presence ttl too short", []string{"--redis-presence-ttl", "10ms"}, [2]string{}, "invalid --redis-presence-ttl 10ms: at least 300ms (default 1m0s)"},
 		{"node ttl zero", []string{"--redis-node-ttl", "0s"}, [2]string{}, "invalid --redis-node-ttl 0s: must be greater than 0 (default 15s)"},
+		{"CA without TLS", []string{"--redis-tls-ca", "/etc/hostname"}, [2]string{}, "--redis-tls-ca needs --redis-tls"},
+		{"CA not PEM", []string{"--redis-tls", "--redis-tls-ca", unitless}, [2]string{}, "no PEM certificate in it"},
 		{"bad advertise address", []string{"--advertise-addr", "node-1"}, [2]string{}, `invalid --advertise-addr "node-1"`},
 	}
 	if os.Geteuid() != 0 { // root reads any file

@@ -9,7 +9,15 @@ package redistest
 
 import (
 	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -34,6 +42,10 @@ type Server struct {
 	dir  string
 	port int
 	opts Options
+	// CAFile is the PEM file of the CA that signed the server's
+	// certificate (Options.TLS).
+	CAFile string
+	roots  *x509.CertPool
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
@@ -45,6 +57,11 @@ type Options struct {
 	// Persist turns on the append-only file with an fsync per write, so
 	// that a Restart after Stop (SIGKILL) keeps every write Redis answered.
 	Persist bool
+	// TLS makes the server speak TLS only, with a certificate for
+	// 127.0.0.1 signed by a CA made for the test (Server.CAFile).
+	TLS bool
+	// Password, if set, is required (requirepass).
+	Password string
 }
 
 // Start runs redis-server on a free 127.0.0.1 port and waits until it
@@ -63,6 +80,11 @@ func StartWith(t testing.TB, o Options) *Server {
 	}
 	s := &Server{t: t, bin: bin, dir: t.TempDir(), opts: o}
 	s.port = freePort(t)
+	if o.TLS {
+		if err := s.makeCerts(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
 	t.Cleanup(s.kill)
 	if err := s.start(); err != nil {
@@ -103,6 +125,15 @@ func (s *Server) start() error {
 	if s.opts.Persist {
 		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
 	}
+	if s.opts.TLS {
+		args[1] = "0" // no plain port
+		args = append(args, "--tls-port", strconv.Itoa(s.port),
+			"--tls-cert-file", filepath.Join(s.dir, "server.pem"), "--tls-key-file", filepath.Join(s.dir, "server.key"),
+			"--tls-ca-cert-file", s.CAFile, "--tls-auth-clients", "no")
+	}
+	if s.opts.Password != "" {
+		args = append(args, "--requirepass", s.opts.Password)
+	}
 	cmd := exec.Command(s.bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -114,7 +145,7 @@ func (s *Server) start() error {
 	// its log says so.
 	deadline := time.Now().Add(Timeout)
 	for {
-		if err := ping(s.Addr); err == nil {
+		if err := s.ping(); err == nil {
 			return nil
 		} else if time.Now().After(deadline) {
 			return fmt.Errorf("redistest: redis-server on %s did not answer in %v (%v); its log:\n%s", s.Addr, Timeout, err, s.readLog())
@@ -123,24 +154,74 @@ func (s *Server) start() error {
 	}
 }
 
-// ping sends an inline PING and reads one line.
-func ping(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
+// ping sends PING and expects PONG (or the refusal of a server that
+// wants a password: it answers, so it is up).
+func (s *Server) ping() error {
+	line, err := s.Do("PING")
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
-		return err
+	if line != "+PONG" && !strings.HasPrefix(line, "-NOAUTH") {
+		return fmt.Errorf("PING answered %q", line)
 	}
-	line, err := bufio.NewReader(c).ReadString('\n')
+	return nil
+}
+
+// dial connects to the server, with TLS if it speaks it.
+func (s *Server) dial() (net.Conn, error) {
+	d := &net.Dialer{Timeout: time.Second}
+	if s.roots != nil {
+		return tls.DialWithDialer(d, "tcp", s.Addr, &tls.Config{RootCAs: s.roots, ServerName: "127.0.0.1"})
+	}
+	return d.Dial("tcp", s.Addr)
+}
+
+// makeCerts writes a CA and a server certificate for 127.0.0.1 it signed.
+func (s *Server) makeCerts() error {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err
 	}
-	if strings.TrimSpace(line) != "+PONG" {
-		return fmt.Errorf("PING answered %q", strings.TrimSpace(line))
+	now := time.Now()
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "redistest CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
 	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:    x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	s.CAFile = filepath.Join(s.dir, "ca.pem")
+	for _, f := range []struct {
+		name, typ string
+		der       []byte
+	}{{"ca.pem", "CERTIFICATE", caDER}, {"server.pem", "CERTIFICATE", der}, {"server.key", "EC PRIVATE KEY", keyDER}} {
+		if err := os.WriteFile(filepath.Join(s.dir, f.name), pem.EncodeToMemory(&pem.Block{Type: f.typ, Bytes: f.der}), 0o600); err != nil {
+			return err
+		}
+	}
+	s.roots = x509.NewCertPool()
+	s.roots.AddCert(ca)
 	return nil
 }
 
@@ -186,15 +267,26 @@ func (s *Server) Restart() {
 }
 
 // Do sends one command (arguments as RESP bulk strings) on a connection of
-// its own and returns the first reply line: for tests that look at the
-// server behind the code under test (a key's TTL, FLUSHALL).
+// its own (after AUTH, if the server wants a password) and returns the
+// first reply line: for tests that look at the server behind the code
+// under test (a key's TTL, FLUSHALL).
 func (s *Server) Do(args ...string) (string, error) {
-	c, err := net.DialTimeout("tcp", s.Addr, time.Second)
+	c, err := s.dial()
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(Timeout))
+	r := bufio.NewReader(c)
+	if s.opts.Password != "" {
+		if line, err := roundTrip(c, r, "AUTH", s.opts.Password); err != nil || line != "+OK" {
+			return line, err
+		}
+	}
+	return roundTrip(c, r, args...)
+}
+
+func roundTrip(c net.Conn, r *bufio.Reader, args ...string) (string, error) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "*%d\r\n", len(args))
 	for _, a := range args {
@@ -203,7 +295,7 @@ func (s *Server) Do(args ...string) (string, error) {
 	if _, err := c.Write([]byte(b.String())); err != nil {
 		return "", err
 	}
-	line, err := bufio.NewReader(c).ReadString('\n')
+	line, err := r.ReadString('\n')
 	if err != nil {
 		return "", err
 	}

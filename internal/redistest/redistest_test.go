@@ -45,3 +45,14 @@ func TestPersistRestart(t *testing.T) {
 		t.Fatalf("GET after a restart of a persisting server: %q %v", r, err)
 	}
 }
+
+func TestTLSAndPassword(t *testing.T) {
+	s := StartWith(t, Options{TLS: true, Password: "pw"})
+	if r, err := s.Do("SET", "k", "v"); err != nil || r != "+OK" {
+		t.Fatalf("SET over TLS with AUTH: %q %v", r, err)
+	}
+	plain := &Server{Addr: s.Addr}
+	if r, err := plain.Do("PING"); err == nil && r == "+PONG" {
+		t.Fatal("the TLS port answered a plain PING")
+	}
+}
