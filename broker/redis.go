@@ -146,6 +146,11 @@ type Redis struct {
 
 	handler atomic.Pointer[handlerRef]
 
+	// base is the parent of every command's context; Close cancels it, so
+	// that a Close while Redis hangs does not wait for commands' timeouts.
+	base       context.Context
+	cancelBase context.CancelFunc
+
 	// mu guards subs and ps; a channel's subscription has a mutex of its
 	// own for delivery.
 	mu   sync.Mutex
@@ -286,6 +291,7 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 
 		fillBudget: fillBudget,
 	}
+	r.base, r.cancelBase = context.WithCancel(context.Background())
 	r.epochs.init()
 	r.presence.init()
 	if !opts.NoSharded && client.Mode() != rueidis.ClientModeCluster {
@@ -330,7 +336,7 @@ func (r *Redis) Sharded() bool { return r.sharded }
 func (r *Redis) Stats() *RedisStats { return &r.stats }
 
 func (r *Redis) ctx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), r.timeout)
+	return context.WithTimeout(r.base, r.timeout)
 }
 
 func (r *Redis) metaKey(ch string) string   { return r.prefix + ":m:{" + ch + "}" }
@@ -398,9 +404,14 @@ func (r *Redis) Close() error {
 	// The pub/sub loop closes its connection when it sees stop. Closing it
 	// here, under r.mu, would wait for a message handler that waits for
 	// r.mu: rueidis runs the handlers on the connection's reader.
+	r.cancelBase()
 	r.wg.Wait()
-	r.unannounce()
-	r.presence.removeAll(r)
+	// One timeout for the clean-up together: a Redis that does not answer
+	// delays a stop by that much, not by a timeout per channel.
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+	defer cancel()
+	r.unannounce(ctx)
+	r.presence.removeAll(ctx, r)
 	r.client.Close()
 	return nil
 }

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -39,8 +40,8 @@ func (r *Redis) announce() error {
 	return r.setAdd(r.nodeKeys(), r.opts.NodeTTL, info.ID, string(b))
 }
 
-func (r *Redis) unannounce() {
-	if err := r.setRemove(r.nodeKeys(), r.opts.NodeID); err != nil {
+func (r *Redis) unannounce(ctx context.Context) {
+	if err := r.setRemove(ctx, r.nodeKeys(), r.opts.NodeID); err != nil {
 		r.log.Debug("broker: redis: node not taken out of the registry", "err", err)
 	}
 }

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -8,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/redis/rueidis"
 )
 
 // Presence in Redis is an expiring set per channel (see setAddScript): a
@@ -68,15 +71,26 @@ func (p *localPresence) snapshot() map[string][]string {
 	return out
 }
 
-// removeAll takes every entry of this node out of Redis (on Close).
-func (p *localPresence) removeAll(r *Redis) {
+// removeAll takes every entry of this node out of Redis (on Close), in
+// one pipeline bounded by ctx.
+func (p *localPresence) removeAll(ctx context.Context, r *Redis) {
+	var cmds rueidis.Commands
 	for ch, args := range p.snapshot() {
 		clients := make([]string, 0, len(args)/2)
 		for i := 0; i < len(args); i += 2 {
 			clients = append(clients, args[i])
 		}
-		if err := r.setRemove(r.presenceKeys(ch), clients...); err != nil {
-			r.log.Debug("broker: redis: presence not removed at close", "channel", ch, "err", err)
+		keys := r.presenceKeys(ch)
+		cmds = append(cmds, r.client.B().Hdel().Key(keys[0]).Field(clients...).Build(),
+			r.client.B().Zrem().Key(keys[1]).Member(clients...).Build())
+	}
+	if len(cmds) == 0 {
+		return
+	}
+	for _, res := range r.client.DoMulti(ctx, cmds...) {
+		if err := res.Error(); err != nil {
+			r.log.Debug("broker: redis: presence not removed at close", "err", err)
+			return
 		}
 	}
 }
@@ -105,7 +119,9 @@ func (r *Redis) RemovePresence(channel string, client string) error {
 		return ErrClosed
 	}
 	r.presence.remove(channel, client)
-	if err := r.setRemove(r.presenceKeys(channel), client); err != nil {
+	ctx, cancel := r.ctx()
+	defer cancel()
+	if err := r.setRemove(ctx, r.presenceKeys(channel), client); err != nil {
 		return fmt.Errorf("broker: redis presence of %q: %w", channel, err)
 	}
 	return nil
@@ -150,6 +166,9 @@ func (r *Redis) presenceLoop() {
 		case <-t.C:
 		}
 		for ch, args := range r.presence.snapshot() {
+			if r.closed.Load() {
+				return
+			}
 			for len(args) > 0 {
 				n := min(len(args), 2*subscribeBatch)
 				if err := r.setAdd(r.presenceKeys(ch), r.opts.PresenceTTL, args[:n]...); err != nil {
@@ -171,9 +190,7 @@ func (r *Redis) setAdd(keys []string, ttl time.Duration, pairs ...string) error 
 }
 
 // setRemove takes members out of an expiring set.
-func (r *Redis) setRemove(keys []string, members ...string) error {
-	ctx, cancel := r.ctx()
-	defer cancel()
+func (r *Redis) setRemove(ctx context.Context, keys []string, members ...string) error {
 	res := r.client.DoMulti(ctx,
 		r.client.B().Hdel().Key(keys[0]).Field(members...).Build(),
 		r.client.B().Zrem().Key(keys[1]).Member(members...).Build())
