@@ -185,9 +185,20 @@ func TestRedisHistoryTTL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The keys expire at max(HistoryTTL, StreamIdle): Redis says so.
-	if ttl, _ := srv.Do("PTTL", "t:m:{c}"); !between(ttl, 200, 300) {
-		t.Fatalf("meta key PTTL %s, want 200 to 300 ms", ttl)
+	// The keys expire at max(HistoryTTL, StreamIdle): Redis says so (a
+	// broker of its own, with times far enough apart to tell them apart).
+	k := newTestRedis(t, srv, nil, func(o *RedisOptions) { o.StreamIdle, o.Prefix = 10*time.Second, "k" })
+	_, _ = k.Publish("short", []byte("1"), opts)
+	_, _ = k.Publish("long", []byte("1"), ChannelOptions{HistorySize: 10, HistoryTTL: 20 * time.Second})
+	_, _ = k.Publish("none", []byte("1"), ChannelOptions{HistorySize: 10})
+	if ttl, _ := srv.Do("PTTL", "k:m:{short}"); !between(ttl, 1000, 10_000) {
+		t.Fatalf("PTTL with a short HistoryTTL: %s, want StreamIdle's 10 s", ttl)
+	}
+	if ttl, _ := srv.Do("PTTL", "k:h:{long}"); !between(ttl, 10_001, 20_000) {
+		t.Fatalf("PTTL with a long HistoryTTL: %s, want its 20 s", ttl)
+	}
+	if ttl, _ := srv.Do("PTTL", "k:m:{none}"); ttl != ":-1" {
+		t.Fatalf("PTTL of a history without an age limit: %s, want none (-1)", ttl)
 	}
 	time.Sleep(150 * time.Millisecond) // past HistoryTTL: 1 is too old
 	if pubs, pos, _ := r.History("c", nil, 0); len(pubs) != 0 || pos != p1 {
@@ -423,7 +434,9 @@ func TestRedisReconnect(t *testing.T) {
 
 func TestRedisPresence(t *testing.T) {
 	srv := redistest.Start(t)
-	ttl := 300 * time.Millisecond
+	// Refreshed every third: a's entry survives unless its refresh is
+	// late by two thirds of the TTL.
+	ttl := time.Second
 	mod := func(o *RedisOptions) { o.PresenceTTL = ttl }
 	a := newTestRedis(t, srv, nil, mod)
 	b := newTestRedis(t, srv, nil, mod)
@@ -446,7 +459,7 @@ func TestRedisPresence(t *testing.T) {
 	}
 	// b dies: it stops refreshing, and its entries expire; a's are refreshed.
 	b.abandon()
-	time.Sleep(3 * ttl)
+	time.Sleep(ttl + ttl/2)
 	got, err = a.Presence("c")
 	if err != nil || len(got) != 1 || got[0].Client != "a-1" {
 		t.Fatalf("presence after b died: %+v %v", got, err)
@@ -481,7 +494,7 @@ func TestRedisJoinLeave(t *testing.T) {
 
 func TestRedisRegistry(t *testing.T) {
 	srv := redistest.Start(t)
-	ttl := 300 * time.Millisecond
+	ttl := time.Second
 	conns := 7
 	a := newTestRedis(t, srv, nil, func(o *RedisOptions) {
 		o.NodeTTL, o.NodeID, o.NodeAddress = ttl, "a", "10.0.0.1:8080"
@@ -498,7 +511,7 @@ func TestRedisRegistry(t *testing.T) {
 	if nodes, _ := c.Nodes(); len(nodes) != 2 {
 		t.Fatalf("nodes after b closed: %+v", nodes)
 	}
-	time.Sleep(2 * ttl)
+	time.Sleep(ttl + ttl/2)
 	if nodes, _ := c.Nodes(); len(nodes) != 1 || nodes[0].ID != "c" {
 		t.Fatalf("nodes after a died: %+v", nodes)
 	}
@@ -521,14 +534,14 @@ func TestRedisOptions(t *testing.T) {
 // to does not.
 func TestRedisSubscribedStreamKept(t *testing.T) {
 	srv := redistest.Start(t)
-	idle := 300 * time.Millisecond
+	idle := time.Second // kept every third: a keep late by two thirds would lose it
 	a := newTestRedis(t, srv, nil, func(o *RedisOptions) { o.StreamIdle = idle })
 	if err := a.Subscribe("kept"); err != nil {
 		t.Fatal(err)
 	}
 	k1, _ := a.Publish("kept", []byte("1"), ChannelOptions{})
 	g1, _ := a.Publish("gone", []byte("1"), ChannelOptions{})
-	time.Sleep(3 * idle)
+	time.Sleep(idle + idle/2)
 	k2, err1 := a.Publish("kept", []byte("2"), ChannelOptions{})
 	g2, err2 := a.Publish("gone", []byte("2"), ChannelOptions{})
 	if err1 != nil || err2 != nil {

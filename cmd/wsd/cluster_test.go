@@ -59,7 +59,7 @@ func waitReadyz(t *testing.T, admin string, want int) string {
 func TestRedisBrokerAdmin(t *testing.T) {
 	srv := redistest.Start(t)
 	common := []string{"--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--broker", "redis", "--redis-addr", srv.Addr,
-		"--redis-prefix", "admintest", "--api-key", testKey, "--redis-node-ttl", "1s", "--redis-timeout", "500ms"}
+		"--redis-prefix", "admintest", "--api-key", testKey, "--redis-node-ttl", "3s", "--redis-timeout", "500ms"}
 	_, admin, _, _ := startRun(t, append(common, "--node-id", "n1", "--advertise-addr", "10.1.2.3:8080")...)
 	_, _, stop2, _ := startRun(t, append(common, "--node-id", "n2")...)
 	waitReadyz(t, admin, http.StatusOK)

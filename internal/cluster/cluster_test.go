@@ -33,7 +33,7 @@ func startNode(t *testing.T, srv *redistest.Server, id string, extra ...string) 
 	t.Helper()
 	args := append([]string{"--broker", "redis", "--redis-addr", srv.Addr, "--node-id", id, "--api-key", apiKey,
 		"--allow-client-publish", "--presence", "--history-size", "10000", "--history-ttl", "10m",
-		"--redis-presence-ttl", "1s", "--redis-node-ttl", "1s", "--redis-timeout", "1s", "--loops", "2"}, extra...)
+		"--redis-presence-ttl", "2s", "--redis-node-ttl", "2s", "--redis-timeout", "1s", "--loops", "2"}, extra...)
 	p := wsdproc.Start(t, args...)
 	deadline := time.Now().Add(wsdproc.Timeout)
 	for {
@@ -137,7 +137,9 @@ func presence(t *testing.T, p *wsdproc.Proc, ch string) []string {
 // order and once, what a client on node b and the HTTP API of node c
 // publish; presence spans the nodes; a node killed with SIGKILL leaves
 // presence when its entries expire; a client that moves from a to b with
-// its last position recovers what it missed.
+// its last position recovers what it missed. (Entries live 2 s unless
+// refreshed every third of that: a node must be late by more than a second
+// to drop out while alive.)
 func TestCluster(t *testing.T) {
 	srv := redistest.Start(t)
 	a, b, c := startNode(t, srv, "a"), startNode(t, srv, "b"), startNode(t, srv, "c")
@@ -206,7 +208,7 @@ func TestCluster(t *testing.T) {
 	}
 
 	// Node a dies: its client's presence entry expires (--redis-presence-ttl
-	// 1s), it leaves the registry, and its client moves to b.
+	// 2s), it leaves the registry, and its client moves to b.
 	if err := a.Cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
