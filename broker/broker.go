@@ -80,6 +80,18 @@ type EpochHandler interface {
 	HandleEpoch(channel string, pos Position)
 }
 
+// NodePositioner is an optional interface of a Broker whose deliveries to
+// this node trail the stream (the Redis broker: publications reach the node
+// over pub/sub after they are accepted). NodePosition returns, for a
+// channel the node is subscribed to, the position of the last publication
+// the broker handed to the Handler: every later one of that epoch will be
+// handed over, in order. A new subscriber starting from it misses nothing
+// and gets nothing twice, without asking the broker's server. ok is false
+// when the node is not subscribed to the channel.
+type NodePositioner interface {
+	NodePosition(channel string) (pos Position, ok bool)
+}
+
 // Broker is the contract between the hub and a message bus.
 //
 // Delivery contract:

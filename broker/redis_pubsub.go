@@ -91,6 +91,26 @@ func (r *Redis) Subscribe(channel string) error {
 	return nil
 }
 
+// NodePosition is NodePositioner: the position of the last publication of
+// the channel handed to the Handler (or read at Subscribe). Everything
+// after it follows, also across a lost connection (from history).
+func (r *Redis) NodePosition(channel string) (Position, bool) {
+	r.mu.Lock()
+	s := r.subs[channel]
+	r.mu.Unlock()
+	if s == nil {
+		return Position{}, false
+	}
+	// Under s.mu: every publication at or before s.off has been handed to
+	// the Handler (deliver updates s.off and calls it under the lock).
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.ready {
+		return Position{}, false
+	}
+	return Position{Offset: s.off, Epoch: s.epoch}, true
+}
+
 // Unsubscribe stops delivery of the channel and unsubscribes the node on
 // Redis (if the connection is up: a new one subscribes only to the
 // channels still wanted).

@@ -141,3 +141,57 @@ func TestRedisNewEpochReachesWaitingSubscribers(t *testing.T) {
 		t.Fatalf("%d epoch resets, want 1", n)
 	}
 }
+
+// TestRedisSubscribeDuringOutage: while Redis is away, a node still takes
+// new subscribers of a channel it already carries (their position is the
+// node's own, no round trip), and they get what is published once Redis
+// is back, from the next offset on.
+func TestRedisSubscribeDuringOutage(t *testing.T) {
+	srv := redistest.StartWith(t, redistest.Options{Persist: true})
+	a, b := node(t, srv, "a"), node(t, srv, "b")
+	first := a.Dial(t, "")
+	subscribe(t, first, "c")
+	for i := 1; i <= 3; i++ {
+		if _, err := b.Hub.Publish("c", fmt.Appendf(nil, "%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 1; i <= 3; i++ {
+		if m := read(t, first); m.Offset != uint64(i) {
+			t.Fatalf("before the outage: %+v", m)
+		}
+	}
+	srv.Stop()
+	second := a.Dial(t, "")
+	if ack := subscribe(t, second, "c"); ack.Offset != 3 || ack.Epoch == "" {
+		t.Fatalf("subscribe without Redis: %+v", ack)
+	}
+	// A channel the node does not carry needs Redis.
+	if err := second.Send(frame.OpText, []byte(`{"type":"subscribe","channel":"other","id":"o"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if m := read(t, second); m.Type != "error" {
+		t.Fatalf("subscribe to a new channel without Redis: %+v", m)
+	}
+	srv.Restart()
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 4; i <= 5; i++ {
+		for {
+			_, err := b.Hub.Publish("c", fmt.Appendf(nil, "%d", i))
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("publish after the restart: %v", err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	for _, c := range []*wstest.Client{first, second} {
+		for i := 4; i <= 5; i++ {
+			if m := read(t, c); m.Type != "message" || m.Offset != uint64(i) || string(m.Data) != fmt.Sprint(i) {
+				t.Fatalf("after the outage: %+v, want offset %d", m, i)
+			}
+		}
+	}
+}
