@@ -122,9 +122,12 @@ type RedisOptions struct {
 //     or age, or lost with Redis) is skipped: the Handler then sees a jump
 //     in offsets or a new epoch, and clients recover through History or are
 //     told they cannot (ErrUnrecoverable).
-//   - Presence events (join, leave) travel on the same pub/sub channel, so
-//     they are ordered with publications; they are not kept, and those sent
-//     while the connection was down are lost.
+//   - Presence events (join, leave) travel on the same pub/sub channel;
+//     like presence writes they are queued and sent by one goroutine (the
+//     hub calls them from event loops, which must not wait for Redis), so
+//     they reach other nodes in the order this node made them but not in
+//     order with its publications. They are not kept: those sent while the
+//     connection was down are lost.
 //   - Ready reports whether the pub/sub connection is up; Subscribe fails
 //     while it is not (ErrRedisUnavailable), Publish, History and presence
 //     fail as long as Redis does not answer.
@@ -161,6 +164,7 @@ type Redis struct {
 	lastErr atomic.Pointer[string]
 
 	presence localPresence
+	ops      opQueue
 
 	life    sync.Mutex
 	running bool
@@ -218,6 +222,7 @@ type RedisStats struct {
 	Reconnects   atomic.Uint64 // pub/sub connections made after the first
 	NewEpochs    atomic.Uint64 // subscribed channels seen starting a new epoch
 	BadMessages  atomic.Uint64 // pub/sub messages that did not parse
+	OpErrors     atomic.Uint64 // queued presence writes and events Redis did not take
 	DroppedLocal atomic.Uint64 // messages of channels the node no longer subscribes to
 }
 
@@ -294,6 +299,7 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 	r.base, r.cancelBase = context.WithCancel(context.Background())
 	r.epochs.init()
 	r.presence.init()
+	r.ops.init()
 	if !opts.NoSharded && client.Mode() != rueidis.ClientModeCluster {
 		// In Redis Cluster a dedicated connection talks to one shard, so
 		// sharded subscriptions of channels in other slots cannot share it:
@@ -335,6 +341,10 @@ func (r *Redis) Sharded() bool { return r.sharded }
 // Stats returns the broker's counters.
 func (r *Redis) Stats() *RedisStats { return &r.stats }
 
+// OpsRefused returns how many presence writes and events were refused
+// because maxQueuedOps were waiting.
+func (r *Redis) OpsRefused() uint64 { return r.ops.refused.Load() }
+
 func (r *Redis) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(r.base, r.timeout)
 }
@@ -369,7 +379,8 @@ func (r *Redis) Run(h Handler) error {
 	r.running = true
 	r.handler.Store(&handlerRef{h})
 	r.stop = make(chan struct{})
-	r.wg.Add(4)
+	r.wg.Add(5)
+	go r.opsLoop()
 	go r.pubsubLoop()
 	go r.announceLoop()
 	go r.presenceLoop()

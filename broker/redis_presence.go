@@ -96,8 +96,9 @@ func (p *localPresence) removeAll(ctx context.Context, r *Redis) {
 }
 
 // AddPresence records info in the channel's presence, owned by this node
-// (refreshed until RemovePresence or Close). When Redis does not answer it
-// returns the error but keeps the entry for the next refresh.
+// (refreshed until RemovePresence or Close). The write is queued (see
+// redis_ops.go): it returns at once, and an error only if the queue is
+// full; the entry is kept for the next refresh either way.
 func (r *Redis) AddPresence(channel string, info ClientInfo) error {
 	if r.closed.Load() {
 		return ErrClosed
@@ -107,21 +108,21 @@ func (r *Redis) AddPresence(channel string, info ClientInfo) error {
 		return err
 	}
 	r.presence.add(channel, info.Client, enc)
-	if err := r.setAdd(r.presenceKeys(channel), r.opts.PresenceTTL, info.Client, enc); err != nil {
+	if err := r.ops.push(redisOp{kind: opAdd, ch: channel, client: info.Client, enc: enc}); err != nil {
 		return fmt.Errorf("broker: redis presence of %q: %w", channel, err)
 	}
 	return nil
 }
 
-// RemovePresence takes client out of the channel's presence.
+// RemovePresence takes client out of the channel's presence (queued, as
+// AddPresence; refused only if the queue is full, and then the entry
+// expires with PresenceTTL, as it is no longer refreshed).
 func (r *Redis) RemovePresence(channel string, client string) error {
 	if r.closed.Load() {
 		return ErrClosed
 	}
 	r.presence.remove(channel, client)
-	ctx, cancel := r.ctx()
-	defer cancel()
-	if err := r.setRemove(ctx, r.presenceKeys(channel), client); err != nil {
+	if err := r.ops.push(redisOp{kind: opRemove, ch: channel, client: client}); err != nil {
 		return fmt.Errorf("broker: redis presence of %q: %w", channel, err)
 	}
 	return nil
@@ -133,6 +134,8 @@ func (r *Redis) Presence(channel string) ([]ClientInfo, error) {
 	if r.closed.Load() {
 		return nil, ErrClosed
 	}
+	// This node's own writes queued before the read are in it.
+	r.ops.waitQueued(r.timeout)
 	vals, err := r.setRead(r.presenceKeys(channel), r.opts.MaxPresence)
 	if err != nil {
 		return nil, fmt.Errorf("broker: redis presence of %q: %w", channel, err)
@@ -185,7 +188,7 @@ func (r *Redis) presenceLoop() {
 func (r *Redis) setAdd(keys []string, ttl time.Duration, pairs ...string) error {
 	ctx, cancel := r.ctx()
 	defer cancel()
-	args := append([]string{strconv.FormatInt(ceilMs(ttl), 10)}, pairs...)
+	args := append([]string{msString(ttl)}, pairs...)
 	return setAddScript.Exec(ctx, r.client, keys, args).Error()
 }
 
@@ -204,3 +207,6 @@ func (r *Redis) setRead(keys []string, limit int) ([]string, error) {
 	defer cancel()
 	return setReadScript.Exec(ctx, r.client, keys, []string{strconv.Itoa(limit)}).AsStrSlice()
 }
+
+// msString is d in whole milliseconds (rounded up), as a Redis argument.
+func msString(d time.Duration) string { return strconv.FormatInt(ceilMs(d), 10) }

@@ -461,16 +461,19 @@ func decodeClientInfo(s string) (ClientInfo, error) {
 }
 
 // PublishJoin and PublishLeave send presence events over the channel's
-// pub/sub channel (not kept).
+// pub/sub channel (not kept). They are queued with the presence writes
+// (see redis_ops.go) and return at once: an error only if the queue is
+// full. Other nodes get them in the order this node queued them, not
+// necessarily in order with this node's publications.
 func (r *Redis) PublishJoin(channel string, info ClientInfo) error {
-	return r.event(channel, 'j', info)
+	return r.event(channel, opJoin, info)
 }
 
 func (r *Redis) PublishLeave(channel string, info ClientInfo) error {
-	return r.event(channel, 'l', info)
+	return r.event(channel, opLeave, info)
 }
 
-func (r *Redis) event(channel string, kind byte, info ClientInfo) error {
+func (r *Redis) event(channel string, kind opKind, info ClientInfo) error {
 	if r.closed.Load() {
 		return ErrClosed
 	}
@@ -478,16 +481,7 @@ func (r *Redis) event(channel string, kind byte, info ClientInfo) error {
 	if err != nil {
 		return err
 	}
-	msg := string(kind) + enc
-	ctx, cancel := r.ctx()
-	defer cancel()
-	var cmd rueidis.Completed
-	if r.sharded {
-		cmd = r.client.B().Spublish().Channel(r.chanKey(channel)).Message(msg).Build()
-	} else {
-		cmd = r.client.B().Publish().Channel(r.chanKey(channel)).Message(msg).Build()
-	}
-	if err := r.client.Do(ctx, cmd).Error(); err != nil {
+	if err := r.ops.push(redisOp{kind: kind, ch: channel, enc: enc}); err != nil {
 		return fmt.Errorf("broker: redis presence event on %q: %w", channel, err)
 	}
 	return nil

@@ -447,6 +447,7 @@ func TestRedisPresence(t *testing.T) {
 	if err := b.AddPresence("c", ClientInfo{Client: "b-1"}); err != nil {
 		t.Fatal(err)
 	}
+	a.ops.waitQueued(waitFor) // b's own Presence waits for b's writes, not a's
 	got, err := b.Presence("c")
 	if err != nil || len(got) != 2 || got[0].Client != "a-1" || got[0].User != "u1" || string(got[0].Info) != `{"x":1}` || got[1].Client != "b-1" {
 		t.Fatalf("presence: %+v %v", got, err)
@@ -483,11 +484,11 @@ func TestRedisJoinLeave(t *testing.T) {
 	if err := a.Subscribe("c"); err != nil {
 		t.Fatal(err)
 	}
+	// Events are queued: in order with each other, not with publications.
 	_ = b.PublishJoin("c", ClientInfo{Client: "x"})
-	_, _ = b.Publish("c", []byte("1"), ChannelOptions{})
 	_ = b.PublishLeave("c", ClientInfo{Client: "x"})
-	ev := waitEvents(t, rec, 3)
-	if ev[0].kind != "join" || ev[0].client != "x" || ev[1].kind != "pub" || ev[2].kind != "leave" || ev[2].client != "x" {
+	ev := waitEvents(t, rec, 2)
+	if ev[0].kind != "join" || ev[0].client != "x" || ev[1].kind != "leave" || ev[1].client != "x" {
 		t.Fatalf("events: %+v", ev)
 	}
 }
@@ -573,5 +574,42 @@ func TestRedisSentinel(t *testing.T) {
 	// It is the master's data: read there directly.
 	if n, _ := srv.Do("XLEN", "t:h:{c}"); n != ":1" {
 		t.Fatalf("XLEN on the master: %s", n)
+	}
+}
+
+func TestRedisOpQueue(t *testing.T) {
+	var q opQueue
+	q.init()
+	for i := range maxQueuedOps {
+		if err := q.push(redisOp{client: strconv.Itoa(i)}); err != nil {
+			t.Fatalf("push %d: %v", i, err)
+		}
+	}
+	if err := q.push(redisOp{}); !errors.Is(err, ErrQueueFull) {
+		t.Fatalf("push past the bound: %v", err)
+	}
+	waited := make(chan struct{})
+	go func() { q.waitQueued(waitFor); close(waited) }()
+	for k := 0; ; {
+		batch := q.take(opsBatch)
+		if len(batch) == 0 {
+			break
+		}
+		if batch[0].client != strconv.Itoa(k) {
+			t.Fatalf("op %s taken at %d: not in order", batch[0].client, k)
+		}
+		k += len(batch)
+		select {
+		case <-waited:
+			if k < maxQueuedOps {
+				t.Fatalf("waitQueued returned after %d of %d ops", k, maxQueuedOps)
+			}
+		default:
+		}
+		q.finished(len(batch))
+	}
+	<-waited
+	if err := q.push(redisOp{}); err != nil {
+		t.Fatalf("push after the queue drained: %v", err)
 	}
 }

@@ -437,5 +437,7 @@ func (a *api) writeRedisMetrics(b *bytes.Buffer, rb *broker.Redis) {
 	metric("wsd_broker_redis_skipped_total", "counter", "Publications lost to a gap that history no longer covered.", st.Skipped.Load())
 	metric("wsd_broker_redis_reconnects_total", "counter", "Pub/sub connections to Redis made again after one was lost.", st.Reconnects.Load())
 	metric("wsd_broker_redis_new_epochs_total", "counter", "Subscribed channels seen starting a new epoch.", st.NewEpochs.Load())
+	metric("wsd_broker_redis_ops_refused_total", "counter", "Presence writes and join/leave events refused because too many were waiting for Redis.", rb.OpsRefused())
+	metric("wsd_broker_redis_op_errors_total", "counter", "Presence writes and join/leave events Redis did not take (queue full, or Redis away).", st.OpErrors.Load())
 	metric("wsd_broker_redis_bad_messages_total", "counter", "Pub/sub messages or presence entries that did not parse.", st.BadMessages.Load())
 }

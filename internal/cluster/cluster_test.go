@@ -203,8 +203,16 @@ func TestCluster(t *testing.T) {
 		}
 	}
 
-	if got := presence(t, c, "room"); len(got) != 2 || !strings.HasPrefix(got[0], "a-") || !strings.HasPrefix(got[1], "b-") {
-		t.Fatalf("presence seen from c: %v", got)
+	// Nodes write their presence entries in the background.
+	for deadline := time.Now().Add(wsdproc.Timeout); ; {
+		got := presence(t, c, "room")
+		if len(got) == 2 && strings.HasPrefix(got[0], "a-") && strings.HasPrefix(got[1], "b-") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("presence seen from c: %v", got)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 
 	// Node a dies: its client's presence entry expires (--redis-presence-ttl
