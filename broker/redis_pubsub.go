@@ -59,7 +59,11 @@ func (r *Redis) Subscribe(channel string) error {
 	ps := r.ps
 	if ps == nil {
 		r.mu.Unlock()
-		return fmt.Errorf("broker: redis subscribe to %q: %w", channel, r.Ready())
+		err := r.Ready()
+		if err == nil { // the connection is being taken down
+			err = ErrRedisUnavailable
+		}
+		return fmt.Errorf("broker: redis subscribe to %q: %w", channel, err)
 	}
 	r.subs[channel] = s
 	r.mu.Unlock()
@@ -82,12 +86,21 @@ func (r *Redis) Subscribe(channel string) error {
 	// the subscribe itself: rueidis reads its confirmation on the goroutine
 	// that runs the message handlers, which may be waiting for s.mu.
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	pos, err := r.position(channel)
+	if err == nil {
+		s.epoch, s.off, s.ready = pos.Epoch, pos.Offset, true
+	}
+	s.mu.Unlock()
 	if err != nil {
+		// Not left subscribed on Redis for nothing (if this fails too, the
+		// messages are dropped until the next connection, which subscribes
+		// only to the channels wanted). After s.mu is released: the reply
+		// is read by the goroutine a message handler may hold up on it.
+		uctx, ucancel := r.ctx()
+		_ = ps.Do(uctx, r.unsubscribeCmd(ps, r.chanKey(channel))).Error()
+		ucancel()
 		return fail(err)
 	}
-	s.epoch, s.off, s.ready = pos.Epoch, pos.Offset, true
 	return nil
 }
 
