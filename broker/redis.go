@@ -129,8 +129,14 @@ type RedisOptions struct {
 //     order with its publications. They are not kept: those sent while the
 //     connection was down are lost.
 //   - Ready reports whether the pub/sub connection is up; Subscribe fails
-//     while it is not (ErrRedisUnavailable), Publish, History and presence
-//     fail as long as Redis does not answer.
+//     while it is not (ErrRedisUnavailable); Publish, History and Presence
+//     fail as long as Redis does not answer; queued presence writes and
+//     events that Redis does not take are counted and dropped (the node's
+//     own entries are written again by the next refresh). NodePosition
+//     keeps answering from the node's state, so a channel the node carries
+//     takes new subscribers during an outage.
+//
+// Needs Redis 6.2+ (XTRIM MINID); sharded pub/sub needs 7.0+.
 //
 // Handler calls for one channel are made one at a time (on the pub/sub
 // connection's goroutine, or on the goroutine that re-synchronizes after a
