@@ -322,7 +322,10 @@ func TestClusterRedisOutage(t *testing.T) {
 		}
 		return k
 	}
-	for accepted() < 20 { // bounded by the reads below
+	for deadline := time.Now().Add(wsdproc.Timeout); accepted() < 20; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d publications accepted in %v", accepted(), wsdproc.Timeout)
+		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	// Where the subscriber is before the outage, for a recovery later.
