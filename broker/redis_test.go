@@ -102,6 +102,15 @@ func TestRedisPublishHistory(t *testing.T) {
 	if _, _, err := r.History("c", &Position{}, 0); err != nil {
 		t.Fatalf("recovery from {0,\"\"} of no stream: %v", err)
 	}
+	// Reading and subscribing create nothing in Redis: made-up channel
+	// names take no room there.
+	if err := r.Subscribe("made-up"); err != nil {
+		t.Fatal(err)
+	}
+	_, _, _ = r.History("made-up", nil, 0)
+	if n, _ := srv.Do("EXISTS", "t:m:{made-up}", "t:h:{made-up}", "t:m:{c}", "t:h:{c}"); n != ":0" {
+		t.Fatalf("channel keys after reads and a subscribe: EXISTS %s", n)
+	}
 
 	var first Position
 	for i := 1; i <= 8; i++ {
@@ -613,3 +622,4 @@ func TestRedisOpQueue(t *testing.T) {
 		t.Fatalf("push after the queue drained: %v", err)
 	}
 }
+
