@@ -622,4 +622,3 @@ func TestRedisOpQueue(t *testing.T) {
 		t.Fatalf("push after the queue drained: %v", err)
 	}
 }
-
