@@ -204,3 +204,75 @@ func TestRedisSubscribeDuringOutage(t *testing.T) {
 		}
 	}
 }
+
+// TestRedisSubscribeChurn: clients on both event loops subscribe to and
+// unsubscribe from one channel at once, over and over. The node's
+// subscription at the broker follows its loops: those left subscribed get
+// the next publication, and once every client has left, neither the hub
+// nor Redis has the node subscribed.
+func TestRedisSubscribeChurn(t *testing.T) {
+	srv := redistest.Start(t)
+	a, b := node(t, srv, "a"), node(t, srv, "b")
+	const clients, rounds = 8, 15
+	cs := make([]*wstest.Client, clients)
+	for i := range cs {
+		cs[i] = a.Dial(t, "") // the engine spreads them over its two loops
+	}
+	errs := make(chan error, clients)
+	for _, c := range cs {
+		go func() {
+			for range rounds {
+				for _, msg := range []string{`{"type":"subscribe","channel":"x"}`, `{"type":"unsubscribe","channel":"x"}`} {
+					if err := c.Send(frame.OpText, []byte(msg)); err != nil {
+						errs <- err
+						return
+					}
+					if _, _, err := c.ReadMessage(); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range clients {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := a.Hub.NodeChannels(); n != 0 {
+		t.Fatalf("%d channels on the node after every client left", n)
+	}
+	if r, err := srv.DoLines(4, "PUBSUB", "SHARDNUMSUB", "hubtest:c:{x}"); err != nil || len(r) != 4 || r[3] != ":0" {
+		t.Fatalf("PUBSUB SHARDNUMSUB: %q %v", r, err)
+	}
+	// Half subscribe again, at once: all of them get what follows.
+	for _, c := range cs[:clients/2] {
+		go func() {
+			if err := c.Send(frame.OpText, []byte(`{"type":"subscribe","channel":"x"}`)); err != nil {
+				errs <- err
+				return
+			}
+			_, _, err := c.ReadMessage()
+			errs <- err
+		}()
+	}
+	for range clients / 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r, err := srv.DoLines(4, "PUBSUB", "SHARDNUMSUB", "hubtest:c:{x}"); err != nil || len(r) != 4 || r[3] != ":1" {
+		t.Fatalf("PUBSUB SHARDNUMSUB with subscribers: %q %v", r, err)
+	}
+	pos, err := b.Hub.Publish("x", []byte(`"after"`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range cs[:clients/2] {
+		if m := read(t, c); m.Type != "message" || m.Offset != pos.Offset || string(m.Data) != `"after"` {
+			t.Fatalf("client %d: %+v", i, m)
+		}
+	}
+}

@@ -286,6 +286,36 @@ func (s *Server) Do(args ...string) (string, error) {
 	return roundTrip(c, r, args...)
 }
 
+// DoLines is Do returning the first n lines of the reply (an array's
+// header and elements, for instance).
+func (s *Server) DoLines(n int, args ...string) ([]string, error) {
+	c, err := s.dial()
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(Timeout))
+	r := bufio.NewReader(c)
+	if s.opts.Password != "" {
+		if line, err := roundTrip(c, r, "AUTH", s.opts.Password); err != nil || line != "+OK" {
+			return []string{line}, err
+		}
+	}
+	first, err := roundTrip(c, r, args...)
+	if err != nil {
+		return nil, err
+	}
+	lines := []string{first}
+	for len(lines) < n {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return lines, err
+		}
+		lines = append(lines, strings.TrimRight(line, "\r\n"))
+	}
+	return lines, nil
+}
+
 func roundTrip(c net.Conn, r *bufio.Reader, args ...string) (string, error) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "*%d\r\n", len(args))
