@@ -67,6 +67,31 @@ type Handler interface {
 	HandleLeave(channel string, info ClientInfo)
 }
 
+// EpochHandler is an optional interface of a Handler: a broker that can
+// see a subscribed channel's stream start a new epoch while the node stays
+// subscribed (the Redis broker, when Redis lost or expired the stream)
+// calls HandleEpoch before it delivers the new epoch's first publication,
+// in order with the channel's other calls. Positions the node's
+// subscribers hold of the old epoch are worthless from then on (a
+// subscriber waiting for an offset above its old one must not skip the new
+// epoch's low offsets). The Memory broker never calls it: it keeps a
+// subscribed stream.
+type EpochHandler interface {
+	HandleEpoch(channel string, pos Position)
+}
+
+// NodePositioner is an optional interface of a Broker whose deliveries to
+// this node trail the stream (the Redis broker: publications reach the node
+// over pub/sub after they are accepted). NodePosition returns, for a
+// channel the node is subscribed to, the position of the last publication
+// the broker handed to the Handler: every later one of that epoch will be
+// handed over, in order. A new subscriber starting from it misses nothing
+// and gets nothing twice, without asking the broker's server. ok is false
+// when the node is not subscribed to the channel.
+type NodePositioner interface {
+	NodePosition(channel string) (pos Position, ok bool)
+}
+
 // Broker is the contract between the hub and a message bus.
 //
 // Delivery contract:

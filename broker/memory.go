@@ -2,8 +2,6 @@ package broker
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -146,8 +144,7 @@ type Memory struct {
 	log         *slog.Logger
 	sweepEvery  time.Duration // tests shorten it before Run
 
-	epochKey  [3]uint64 // multiplier (odd), addend, xor mask
-	epochNext atomic.Uint64
+	epochs epochs
 
 	handler atomic.Pointer[handlerRef]
 	closed  atomic.Bool
@@ -250,12 +247,7 @@ func NewMemory(opts MemoryOptions) *Memory {
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
-	var key [24]byte
-	rand.Read(key[:]) // never fails (crypto/rand since Go 1.24)
-	for i := range m.epochKey {
-		m.epochKey[i] = binary.LittleEndian.Uint64(key[8*i:])
-	}
-	m.epochKey[0] |= 1
+	m.epochs.init()
 	for i := range m.shards {
 		m.shards[i].m = make(map[string]*entry)
 	}
@@ -870,23 +862,9 @@ func (m *Memory) sweep() {
 	}
 }
 
-// newEpoch returns 8 base32 characters encoding a 40-bit bijection (keyed
-// with random bits) of a counter: epochs of one Memory never repeat.
-func (m *Memory) newEpoch() string {
-	const mask = 1<<40 - 1
-	x := m.epochNext.Add(1)
-	x = (x*m.epochKey[0] + m.epochKey[1]) & mask
-	x ^= x >> 20
-	x = (x * 0x9e3779b97f4a7c15) & mask // odd: a bijection mod 2^40
-	x ^= x >> 23
-	x ^= m.epochKey[2] & mask
-	const digits = "0123456789abcdefghijklmnopqrstuv"
-	var b [8]byte
-	for i := range b {
-		b[i] = digits[x>>(35-5*i)&31]
-	}
-	return string(b[:])
-}
+// newEpoch returns a new epoch (see epochs): epochs of one Memory never
+// repeat.
+func (m *Memory) newEpoch() string { return m.epochs.next() }
 
 func shardOf(s string) uint32 {
 	h := uint32(2166136261)

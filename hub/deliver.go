@@ -51,6 +51,18 @@ func AppendMessage(b []byte, ch string, offset uint64, epoch string, data []byte
 	return append(b, '}')
 }
 
+// HandleEpoch is broker.EpochHandler: a subscribed channel's stream
+// started a new epoch (Redis lost or expired it). Every loop is told, in
+// order with the channel's publications, to drop the offset filters of the
+// channel's members that subscribed before now: their offsets belong to
+// the old epoch, and the new epoch's publications must reach them even
+// where their offsets are lower. Members that subscribe later read a
+// position of the new epoch (or a newer one) and keep theirs.
+func (h *Hub) HandleEpoch(ch string, _ broker.Position) {
+	h.stats.EpochResets.Add(1)
+	_ = h.srv.Fanout(h, ch, eventBit|resetBit|h.stamp.Add(1), frame.OpText, nil)
+}
+
 // HandleJoin and HandleLeave send {"type":"join"|"leave","channel":…,
 // "info":{"client":…,"user":…,"info":…}} to the channel's subscribers.
 func (h *Hub) HandleJoin(ch string, info broker.ClientInfo)  { h.event("join", ch, info) }
@@ -96,6 +108,15 @@ func (h *Hub) Deliver(k int, f *engine.Frame) {
 		return
 	}
 	seq := f.Seq()
+	if seq&resetBit != 0 {
+		stamp := seq &^ (eventBit | resetBit)
+		for i := range lc.subs {
+			if m := &lc.subs[i]; stamp > m.joined {
+				m.after = 0
+			}
+		}
+		return
+	}
 	if seq&eventBit != 0 {
 		for i := range lc.subs {
 			if m := &lc.subs[i]; seq&^eventBit > m.joined {

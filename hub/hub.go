@@ -7,9 +7,12 @@
 // one WebSocket frame once, on the goroutine the broker delivers it on,
 // and every loop writes those same bytes to its own subscribers
 // (engine.Server.Fanout); the engine makes the MessagePack form at most
-// once more, for the wsd.msgpack subscribers (engine.Alternate). No lock is taken on the delivery path; the
-// hub's one mutex guards the node's broker subscriptions (taken when a
-// loop gets its first subscriber of a channel or loses its last).
+// once more, for the wsd.msgpack subscribers (engine.Alternate). No lock
+// is taken on the delivery path; the hub's mutex guards the table of the
+// node's broker subscriptions, and a mutex per channel orders that
+// channel's broker Subscribe and Unsubscribe (taken when a loop gets its
+// first subscriber of a channel or loses its last, never across a broker
+// call for another channel).
 package hub
 
 import (
@@ -72,8 +75,8 @@ type Hub struct {
 
 	loops [256]atomic.Pointer[loopIndex] // each written and read by its own loop only (after creation)
 
-	mu   sync.Mutex     // guards subs and the broker Subscribe/Unsubscribe calls, in order
-	subs map[string]int // channel → loops of this node with subscribers of it
+	mu   sync.Mutex           // guards subs and each nodeChan's n
+	subs map[string]*nodeChan // channels with subscribers on some loop (or being unsubscribed)
 
 	frames sync.Pool     // *[]byte: publication encoding buffers
 	stamp  atomic.Uint64 // join/leave events fanned out so far (their stamps)
@@ -90,6 +93,7 @@ type Stats struct {
 	SubscribesRefused  atomic.Uint64 // subscribes refused (limits, permissions, bad names)
 	DuplicatesFiltered atomic.Uint64 // live publications skipped because recovery had sent them
 	ChannelsRefused    atomic.Uint64 // subscribes refused because the node has MaxChannels channels
+	EpochResets        atomic.Uint64 // subscribed channels whose stream started a new epoch (broker.EpochHandler)
 }
 
 // loopIndex is one event loop's view of the channels. Owned by that loop.
@@ -120,9 +124,23 @@ type member struct {
 	joined uint64
 }
 
+// nodeChan is the node's subscription to a channel at the broker. The
+// broker calls for one channel are made in order under its mu, not under
+// the hub's: with a broker that makes a round trip (Redis), loops
+// subscribing to different channels do not wait for each other.
+type nodeChan struct {
+	mu         sync.Mutex // held across the broker's Subscribe and Unsubscribe of the channel
+	n          int        // loops with subscribers (h.mu)
+	subscribed bool       // the broker has the node subscribed (mu)
+}
+
 // eventBit marks a frame's sequence number as an event stamp rather than
-// a publication's offset.
-const eventBit = 1 << 63
+// a publication's offset; resetBit (with eventBit) marks the event as a
+// new epoch of the channel (HandleEpoch), which clients do not see.
+const (
+	eventBit = 1 << 63
+	resetBit = 1 << 62
+)
 
 // New returns a hub over srv and starts its broker.
 func New(o Options) (*Hub, error) {
@@ -144,7 +162,7 @@ func New(o Options) (*Hub, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	h := &Hub{srv: o.Server, b: o.Broker, opts: o, log: o.Logger, started: time.Now(), subs: map[string]int{}}
+	h := &Hub{srv: o.Server, b: o.Broker, opts: o, log: o.Logger, started: time.Now(), subs: map[string]*nodeChan{}}
 	h.frames.New = func() any { b := make([]byte, 0, 512); return &b }
 	if err := o.Broker.Run(h); err != nil {
 		return nil, fmt.Errorf("hub: start broker: %w", err)
@@ -169,38 +187,68 @@ func (h *Hub) index(k int) *loopIndex {
 }
 
 // nodeSubscribe records that a loop has its first subscriber of ch and
-// subscribes the node at the broker if it is the first loop.
+// subscribes the node at the broker if it is not yet.
 func (h *Hub) nodeSubscribe(ch string) error {
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.subs[ch] == 0 {
+	nc := h.subs[ch]
+	if nc == nil {
 		if len(h.subs) >= h.opts.MaxChannels {
+			h.mu.Unlock()
 			h.stats.ChannelsRefused.Add(1)
 			return ErrTooManyChannels
 		}
-		if err := h.b.Subscribe(ch); err != nil {
-			return err
+		nc = &nodeChan{}
+		h.subs[ch] = nc
+	}
+	nc.n++
+	h.mu.Unlock()
+	nc.mu.Lock()
+	var err error
+	if !nc.subscribed {
+		if err = h.b.Subscribe(ch); err == nil {
+			nc.subscribed = true
 		}
 	}
-	h.subs[ch]++
-	return nil
+	nc.mu.Unlock()
+	if err != nil {
+		h.nodeUnsubscribe(ch)
+	}
+	return err
 }
 
-// nodeUnsubscribe undoes nodeSubscribe.
+// nodeUnsubscribe undoes nodeSubscribe: the last loop to leave
+// unsubscribes the node at the broker. The channel's record stays in subs
+// until that is done, so a loop subscribing meanwhile waits for it (on
+// nc.mu) and subscribes again after it, in that order.
 func (h *Hub) nodeUnsubscribe(ch string) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	switch n := h.subs[ch]; n {
-	case 0:
+	nc := h.subs[ch]
+	if nc == nil || nc.n == 0 {
+		h.mu.Unlock()
 		return
-	case 1:
-		delete(h.subs, ch)
+	}
+	nc.n--
+	last := nc.n == 0
+	h.mu.Unlock()
+	if !last {
+		return
+	}
+	nc.mu.Lock()
+	h.mu.Lock()
+	unused := nc.n == 0
+	h.mu.Unlock()
+	if unused && nc.subscribed {
+		nc.subscribed = false
 		if err := h.b.Unsubscribe(ch); err != nil {
 			h.log.Warn("broker unsubscribe failed", "channel", ch, "err", err)
 		}
-	default:
-		h.subs[ch] = n - 1
 	}
+	h.mu.Lock()
+	if nc.n == 0 && h.subs[ch] == nc {
+		delete(h.subs, ch)
+	}
+	h.mu.Unlock()
+	nc.mu.Unlock()
 }
 
 // NodeChannels returns how many channels have subscribers on this node.

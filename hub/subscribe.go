@@ -109,6 +109,15 @@ func (h *Hub) Subscribe(c engine.Conn, cl *Client, ch string, since *broker.Posi
 func (h *Hub) position(lc *localChan, since *broker.Position) (SubscribeResult, error) {
 	var res SubscribeResult
 	if since == nil {
+		// A broker that trails its stream knows where this node's delivery
+		// stands: starting there, nothing is missed or doubled, and no
+		// round trip is made.
+		if np, ok := h.b.(broker.NodePositioner); ok {
+			if pos, ok := np.NodePosition(lc.name); ok {
+				res.Position = pos
+				return res, nil
+			}
+		}
 		_, pos, err := h.b.History(lc.name, nil, 1)
 		if err != nil && !errors.Is(err, broker.ErrUnrecoverable) {
 			return res, fmt.Errorf("broker history: %w", err)

@@ -30,7 +30,7 @@ import (
 type api struct {
 	hub     *hub.Hub
 	srv     *engine.Server
-	mem     *broker.Memory
+	brokers brokers
 	key     string
 	maxData int // largest "data" accepted (the WebSocket message limit)
 	log     *slog.Logger
@@ -358,16 +358,30 @@ func (a *api) channels(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) info(w http.ResponseWriter, r *http.Request) {
-	st := a.mem.Stats()
-	apiReply(w, map[string]any{
+	out := map[string]any{
 		"node":           a.hub.NodeID(),
 		"version":        versionLine(debug.ReadBuildInfo()),
 		"connections":    a.srv.OpenConnections(),
 		"channels":       a.hub.NodeChannels(),
-		"streams":        st.Streams,
 		"uptime_seconds": int64(a.hub.Uptime().Seconds()),
 		"draining":       a.srv.Draining(),
-	})
+		"broker":         a.brokers.name(),
+	}
+	if m := a.brokers.mem; m != nil {
+		out["streams"] = m.Stats().Streams
+	}
+	if rb := a.brokers.redis; rb != nil {
+		// The cluster as the registry has it: every node that announced
+		// itself within --redis-node-ttl, this one included.
+		nodes, err := rb.Nodes()
+		if err != nil {
+			apiError(w, http.StatusServiceUnavailable, "BROKER_ERROR", "node registry: "+err.Error())
+			return
+		}
+		out["nodes"] = nodes
+		out["broker_ready"] = rb.Ready() == nil
+	}
+	apiReply(w, out)
 }
 
 // writeMetrics writes the hub's and the broker's counters.
@@ -385,7 +399,13 @@ func (a *api) writeMetrics(w io.Writer) {
 	metric("wsd_subscribes_refused_total", "counter", "Subscribes refused (permissions, limits, bad names).", st.SubscribesRefused.Load())
 	metric("wsd_channels", "gauge", "Channels with subscribers on this node.", a.hub.NodeChannels())
 	metric("wsd_channels_refused_total", "counter", "Subscribes refused because the node had --max-channels channels with subscribers.", st.ChannelsRefused.Load())
-	ms := a.mem.Stats()
+	metric("wsd_epoch_resets_total", "counter", "Subscribed channels whose stream started a new epoch under the node (Redis lost or expired it).", st.EpochResets.Load())
+	if rb := a.brokers.redis; rb != nil {
+		a.writeRedisMetrics(&b, rb)
+		_, _ = w.Write(b.Bytes())
+		return
+	}
+	ms := a.brokers.mem.Stats()
 	metric("wsd_broker_streams", "gauge", "Channel streams (offset and epoch) the memory broker keeps.", ms.Streams)
 	metric("wsd_broker_history_bytes", "gauge", "Bytes of publication data kept in histories (bounded by --max-history-bytes).", ms.HistoryBytes)
 	metric("wsd_broker_history_publications", "gauge", "Publications kept in histories.", ms.HistoryPublications)
@@ -396,4 +416,28 @@ func (a *api) writeMetrics(w io.Writer) {
 	metric("wsd_broker_not_retained_total", "counter", "Publications delivered but not kept because --max-history-bytes was full.", ms.NotRetained)
 	metric("wsd_broker_channels_refused_total", "counter", "Operations refused because --max-channels was reached.", ms.ChannelsRefused)
 	_, _ = w.Write(b.Bytes())
+}
+
+// writeRedisMetrics writes the Redis broker's counters.
+func (a *api) writeRedisMetrics(b *bytes.Buffer, rb *broker.Redis) {
+	metric := func(name, kind, help string, v any) {
+		fmt.Fprintf(b, "# HELP %s %s\n# TYPE %s %s\n%s %v\n", name, help, name, kind, name, v)
+	}
+	st := rb.Stats()
+	ready := 0
+	if rb.Ready() == nil {
+		ready = 1
+	}
+	metric("wsd_broker_redis_ready", "gauge", "1 while the pub/sub connection to Redis is up (cross-node delivery works), else 0.", ready)
+	metric("wsd_broker_published_total", "counter", "Publications the broker accepted.", st.Published.Load())
+	metric("wsd_broker_publish_errors_total", "counter", "Publishes that returned an error (Redis unreachable or too slow): not confirmed to anyone.", st.PublishErrs.Load())
+	metric("wsd_broker_redis_delivered_total", "counter", "Publications of other nodes and this one handed to the hub.", st.Delivered.Load())
+	metric("wsd_broker_redis_duplicates_total", "counter", "Pub/sub messages skipped because their publication was already delivered.", st.Duplicates.Load())
+	metric("wsd_broker_redis_refetched_total", "counter", "Publications read from history to fill a gap in pub/sub delivery.", st.Refetched.Load())
+	metric("wsd_broker_redis_skipped_total", "counter", "Publications lost to a gap that history no longer covered.", st.Skipped.Load())
+	metric("wsd_broker_redis_reconnects_total", "counter", "Pub/sub connections to Redis made again after one was lost.", st.Reconnects.Load())
+	metric("wsd_broker_redis_new_epochs_total", "counter", "Subscribed channels seen starting a new epoch.", st.NewEpochs.Load())
+	metric("wsd_broker_redis_ops_refused_total", "counter", "Presence writes and join/leave events refused because too many were waiting for Redis.", rb.OpsRefused())
+	metric("wsd_broker_redis_op_errors_total", "counter", "Presence writes and join/leave events Redis did not take (queue full, or Redis away).", st.OpErrors.Load())
+	metric("wsd_broker_redis_bad_messages_total", "counter", "Pub/sub messages or presence entries that did not parse.", st.BadMessages.Load())
 }

@@ -58,6 +58,7 @@ type config struct {
 	maxSubscriptions   int
 	maxChannels        int
 	maxHistoryBytes    int64
+	cluster            clusterConfig
 
 	// Operations.
 	trustedProxies prefixList
@@ -117,6 +118,8 @@ func newFlagSet(c *config) *flag.FlagSet {
 	fs.IntVar(&c.maxSubscriptions, "max-subscriptions", 128, "channels one connection may be subscribed to at once")
 	fs.IntVar(&c.maxChannels, "max-channels", 100000, "channels with subscribers, and channel streams or presence sets, the node keeps at once (more: TOO_MANY_CHANNELS)")
 	fs.Int64Var(&c.maxHistoryBytes, "max-history-bytes", 256<<20, "bytes of publication data kept in all histories together (oldest of a channel evicted first)")
+
+	clusterFlags(fs, &c.cluster)
 
 	fs.BoolVar(&e.ReusePort, "reuse-port", false, "set SO_REUSEPORT so several wsd processes can listen on one port")
 	fs.IntVar(&e.MaxConns, "max-conns", 0, "connections open at once, handshaking ones included (past it: HTTP 503 at accept); 0 means the open-file limit minus 128")
@@ -361,6 +364,9 @@ func parseConfig(args []string, stdout io.Writer) (*config, error) {
 	}
 	if c.nodeID != "" && !validNodeID(c.nodeID) {
 		return nil, fmt.Errorf("invalid --node-id %q: letters, digits, '_' and '-' only, at most 32", c.nodeID)
+	}
+	if err := c.cluster.check(); err != nil {
+		return nil, err
 	}
 	return c, nil
 }

@@ -37,7 +37,6 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
-	"github.com/wsdproject/wsd/broker"
 	"github.com/wsdproject/wsd/engine"
 	"github.com/wsdproject/wsd/hub"
 	"github.com/wsdproject/wsd/protocol"
@@ -89,10 +88,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 		fmt.Fprintf(stderr, "wsd: %v\n", err)
 		return 2
 	}
-	mem := broker.NewMemory(broker.MemoryOptions{MaxChannels: cfg.maxChannels, MaxHistoryBytes: cfg.maxHistoryBytes, Logger: log})
+	if cfg.nodeID == "" {
+		cfg.nodeID = newNodeID()
+	}
+	brk, err := cfg.newBrokers(log, srv)
+	if err != nil {
+		fmt.Fprintf(stderr, "wsd: %v\n", err)
+		return 1
+	}
+	defer brk.broker().Close()
 	h, err := hub.New(hub.Options{
 		Server:           srv,
-		Broker:           mem,
+		Broker:           brk.broker(),
 		Channel:          cfg.namespaces.resolve(cfg.defaults),
 		MaxSubscriptions: cfg.maxSubscriptions,
 		MaxChannels:      cfg.maxChannels,
@@ -104,7 +111,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 		fmt.Fprintf(stderr, "wsd: %v\n", err)
 		return 1
 	}
-	defer mem.Close()
 	handler := protocol.New(protocol.Options{Hub: h, Verifier: verifier, Policy: hub.Policy{ClientPublish: cfg.allowClientPublish},
 		MaxMessageBytes: int(srv.Config().MaxMessageBytes), Logger: log})
 	wsOpts := engine.RouteOptions{
@@ -150,9 +156,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready fun
 	if cfg.apiKey == "" {
 		log.Info("HTTP API off: set --api-key to publish from a backend")
 	}
+	if brk.redis != nil {
+		log.Info("broker: redis", "node", cfg.nodeID, "addr", cfg.cluster.redisAddresses, "prefix", cfg.cluster.redisPrefix, "sharded_pubsub", brk.redis.Sharded())
+	}
 	var admin *http.Server
 	if adminLn != nil {
-		mux := adminMux(srv, &api{hub: h, srv: srv, mem: mem, key: cfg.apiKey, maxData: int(cfg.engine.MaxMessageBytes), log: log})
+		mux := adminMux(srv, &api{hub: h, srv: srv, brokers: brk, key: cfg.apiKey, maxData: int(cfg.engine.MaxMessageBytes), log: log})
 		if cfg.adminUI {
 			serveAdminUI(mux)
 			log.Info("admin page on the admin listener", "path", "/")
@@ -278,6 +287,12 @@ func adminMux(srv *engine.Server, a *api) *http.ServeMux {
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if ok, why := srv.Ready(); !ok {
 			http.Error(w, why, http.StatusServiceUnavailable)
+			return
+		}
+		// Without its broker the node serves only what stays on it: a load
+		// balancer should send new clients elsewhere.
+		if err := a.brokers.ready(); err != nil {
+			http.Error(w, "broker: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		io.WriteString(w, "ready\n")

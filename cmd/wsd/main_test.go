@@ -128,6 +128,16 @@ func TestBadConfiguration(t *testing.T) {
 			"max inbound bytes per second 100 is too low for max message bytes 1048576"},
 		{"stray argument", []string{"serve"}, [2]string{}, `unexpected argument "serve"`},
 		{"admin page without the API", []string{"--admin-ui"}, [2]string{}, "--admin-ui needs --admin and --api-key"},
+		{"unknown broker", []string{"--broker", "kafka"}, [2]string{}, `invalid --broker "kafka": want memory or redis`},
+		{"redis address without port", []string{"--redis-addr", "10.0.0.1:6379,redis"}, [2]string{}, `invalid --redis-addr "redis": missing port in address`},
+		{"redis address empty", nil, [2]string{"WSD_REDIS_ADDR", " , "}, "invalid --redis-addr: no address"},
+		{"redis prefix with a hash tag", []string{"--redis-prefix", "a{b}"}, [2]string{}, `invalid --redis-prefix "a{b}"`},
+		{"redis prefix empty", []string{"--redis-prefix", ""}, [2]string{}, `invalid --redis-prefix ""`},
+		{"presence ttl too short", []string{"--redis-presence-ttl", "10ms"}, [2]string{}, "invalid --redis-presence-ttl 10ms: at least 300ms (default 1m0s)"},
+		{"node ttl zero", []string{"--redis-node-ttl", "0s"}, [2]string{}, "invalid --redis-node-ttl 0s: must be greater than 0 (default 15s)"},
+		{"CA without TLS", []string{"--redis-tls-ca", "/etc/hostname"}, [2]string{}, "--redis-tls-ca needs --redis-tls"},
+		{"CA not PEM", []string{"--redis-tls", "--redis-tls-ca", unitless}, [2]string{}, "no PEM certificate in it"},
+		{"bad advertise address", []string{"--advertise-addr", "node-1"}, [2]string{}, `invalid --advertise-addr "node-1"`},
 	}
 	if os.Geteuid() != 0 { // root reads any file
 		cases = append(cases, struct {
@@ -161,7 +171,7 @@ func TestBadConfiguration(t *testing.T) {
 // or the file. --loops 0 keeps its meaning, one loop per CPU.
 func TestZeroRefused(t *testing.T) {
 	for _, name := range []string{"ping-interval", "max-missed-pongs", "max-message-bytes", "handshake-timeout",
-		"close-timeout", "max-handshake-bytes", "max-outbound-bytes", "max-broadcast-backlog", "drain-timeout"} {
+		"close-timeout", "max-handshake-bytes", "max-outbound-bytes", "max-broadcast-backlog", "drain-timeout", "redis-timeout"} {
 		negative := "-1"
 		if strings.HasSuffix(name, "-interval") || strings.HasSuffix(name, "-timeout") {
 			negative = "-1s"
@@ -631,21 +641,22 @@ func TestPrintConfig(t *testing.T) {
 		}
 		return out.String()
 	}
-	first := print("--api-key", "hunter2", "--trusted-proxies", "10.0.0.0/8, 192.0.2.1", "--max-messages-per-sec", "50",
+	first := print("--api-key", "hunter2", "--redis-password", "hunter3", "--broker", "redis", "--redis-addr", "10.0.0.1:6379, 10.0.0.2:6379", "--trusted-proxies", "10.0.0.0/8, 192.0.2.1", "--max-messages-per-sec", "50",
 		"--allowed-origins", "https://*.example.com", "--namespace", "room:presence",
 		"--token-cache", "500", "--token-cookie", "wsd_token")
 	for _, want := range []string{
 		"token-cache = 500\n", `token-cookie = "wsd_token"` + "\n", // named like secrets, but not: kept for the read-back
 		"max-messages-per-sec = 50\n", "message-burst = 100\n", // the effective burst, not the 0 that means "default"
 		`trusted-proxies = "10.0.0.0/8,192.0.2.1/32"` + "\n", `ping-interval = "30s"` + "\n",
-		"# api-key = (set; masked)\n",
+		"# api-key = (set; masked)\n", "# redis-password = (set; masked)\n",
+		`broker = "redis"` + "\n", `redis-addr = "10.0.0.1:6379, 10.0.0.2:6379"` + "\n", `redis-prefix = "wsd"` + "\n",
 	} {
 		if !strings.Contains(first, want) {
 			t.Errorf("--print-config lacks %q:\n%s", want, first)
 		}
 	}
-	if strings.Contains(first, "hunter2") {
-		t.Fatal("--print-config shows the API key")
+	if strings.Contains(first, "hunter2") || strings.Contains(first, "hunter3") {
+		t.Fatal("--print-config shows the API key or the Redis password")
 	}
 	if !regexp.MustCompile(`(?m)^max-conns = [1-9][0-9]*$`).MatchString(first) {
 		t.Errorf("max-conns not resolved from the open-file limit:\n%s", first)
@@ -654,7 +665,7 @@ func TestPrintConfig(t *testing.T) {
 	if err := os.WriteFile(file, []byte(first), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if again := print("--config", file, "--api-key", "hunter2"); again != first {
+	if again := print("--config", file, "--api-key", "hunter2", "--redis-password", "hunter3"); again != first {
 		t.Fatalf("read back, the settings differ:\n%s\nthen:\n%s", first, again)
 	}
 }

@@ -1,5 +1,5 @@
 // Package stack starts a whole wsd WebSocket endpoint for tests: the
-// engine, the memory broker, the hub and the JSON protocol on /ws (plus an
+// engine, the memory broker (or one the test gives), the hub and the JSON protocol on /ws (plus an
 // echo route on /echo), on a free loopback port, stopped when the test
 // ends.
 package stack
@@ -34,6 +34,11 @@ type Options struct {
 	Anonymous bool // with Tokens: admit clients without one
 	// MaxChannels bounds the channels with subscribers (hub default if 0).
 	MaxChannels int
+	// Broker, if set, carries the channels instead of a new Memory broker
+	// (the stack's Mem is then nil); the stack closes it when it stops.
+	Broker broker.Broker
+	// NodeID names the node (default "test").
+	NodeID string
 }
 
 // Stack is a running endpoint.
@@ -60,13 +65,21 @@ func Start(t testing.TB, o Options) *Stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mem := broker.NewMemory(broker.MemoryOptions{})
+	var mem *broker.Memory
+	b := o.Broker
+	if b == nil {
+		mem = broker.NewMemory(broker.MemoryOptions{})
+		b = mem
+	}
+	if o.NodeID == "" {
+		o.NodeID = "test"
+	}
 	if o.Channel == nil {
 		o.Channel = func(string) hub.ChannelOptions {
 			return hub.ChannelOptions{ChannelOptions: broker.ChannelOptions{HistorySize: 100, HistoryTTL: time.Minute}}
 		}
 	}
-	h, err := hub.New(hub.Options{Server: srv, Broker: mem, Channel: o.Channel, NodeID: "test", Logger: cfg.Logger,
+	h, err := hub.New(hub.Options{Server: srv, Broker: b, Channel: o.Channel, NodeID: o.NodeID, Logger: cfg.Logger,
 		MaxChannels: o.MaxChannels})
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +103,7 @@ func Start(t testing.TB, o Options) *Stack {
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { mem.Close() }) // after the server stops (cleanups run last first)
+	t.Cleanup(func() { b.Close() }) // after the server stops (cleanups run last first)
 	testserver.StopAtCleanup(t, srv)
 	return &Stack{Addr: srv.Addr().String(), Srv: srv, Hub: h, Mem: mem}
 }

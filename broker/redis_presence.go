@@ -1,0 +1,212 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// Presence in Redis is an expiring set per channel (see setAddScript): a
+// hash client → info and a sorted set client → expiry. The node that owns
+// a connection refreshes its entries every third of PresenceTTL, so the
+// entries of a node that died (or lost Redis for longer than the TTL)
+// expire and are dropped by the next read.
+
+func (r *Redis) presenceKeys(ch string) []string {
+	return []string{r.prefix + ":p:{" + ch + "}", r.prefix + ":x:{" + ch + "}"}
+}
+
+// localPresence is what this node has put in presence, to refresh it: a
+// channel's clients and their encoded infos. It holds an entry per
+// subscription with presence, which the hub bounds.
+type localPresence struct {
+	mu sync.Mutex
+	m  map[string]map[string]string
+}
+
+func (p *localPresence) init() { p.m = map[string]map[string]string{} }
+
+func (p *localPresence) add(ch, client, enc string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	cs := p.m[ch]
+	if cs == nil {
+		cs = map[string]string{}
+		p.m[ch] = cs
+	}
+	cs[client] = enc
+}
+
+func (p *localPresence) remove(ch, client string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if cs := p.m[ch]; cs != nil {
+		delete(cs, client)
+		if len(cs) == 0 {
+			delete(p.m, ch)
+		}
+	}
+}
+
+// snapshot returns every channel's entries as set-add arguments (member,
+// value pairs).
+func (p *localPresence) snapshot() map[string][]string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[string][]string, len(p.m))
+	for ch, cs := range p.m {
+		args := make([]string, 0, 2*len(cs))
+		for c, enc := range cs {
+			args = append(args, c, enc)
+		}
+		out[ch] = args
+	}
+	return out
+}
+
+// removeAll takes every entry of this node out of Redis (on Close), in
+// one pipeline bounded by ctx.
+func (p *localPresence) removeAll(ctx context.Context, r *Redis) {
+	var cmds rueidis.Commands
+	for ch, args := range p.snapshot() {
+		clients := make([]string, 0, len(args)/2)
+		for i := 0; i < len(args); i += 2 {
+			clients = append(clients, args[i])
+		}
+		keys := r.presenceKeys(ch)
+		cmds = append(cmds, r.client.B().Hdel().Key(keys[0]).Field(clients...).Build(),
+			r.client.B().Zrem().Key(keys[1]).Member(clients...).Build())
+	}
+	if len(cmds) == 0 {
+		return
+	}
+	for _, res := range r.client.DoMulti(ctx, cmds...) {
+		if err := res.Error(); err != nil {
+			r.log.Debug("broker: redis: presence not removed at close", "err", err)
+			return
+		}
+	}
+}
+
+// AddPresence records info in the channel's presence, owned by this node
+// (refreshed until RemovePresence or Close). The write is queued (see
+// redis_ops.go): it returns at once, and an error only if the queue is
+// full; the entry is kept for the next refresh either way.
+func (r *Redis) AddPresence(channel string, info ClientInfo) error {
+	if r.closed.Load() {
+		return ErrClosed
+	}
+	enc, err := encodeClientInfo(info)
+	if err != nil {
+		return err
+	}
+	r.presence.add(channel, info.Client, enc)
+	if err := r.ops.push(redisOp{kind: opAdd, ch: channel, client: info.Client, enc: enc}); err != nil {
+		return fmt.Errorf("broker: redis presence of %q: %w", channel, err)
+	}
+	return nil
+}
+
+// RemovePresence takes client out of the channel's presence (queued, as
+// AddPresence; refused only if the queue is full, and then the entry
+// expires with PresenceTTL, as it is no longer refreshed).
+func (r *Redis) RemovePresence(channel string, client string) error {
+	if r.closed.Load() {
+		return ErrClosed
+	}
+	r.presence.remove(channel, client)
+	if err := r.ops.push(redisOp{kind: opRemove, ch: channel, client: client}); err != nil {
+		return fmt.Errorf("broker: redis presence of %q: %w", channel, err)
+	}
+	return nil
+}
+
+// Presence returns the channel's live entries from every node, sorted by
+// client id, at most MaxPresence of them.
+func (r *Redis) Presence(channel string) ([]ClientInfo, error) {
+	if r.closed.Load() {
+		return nil, ErrClosed
+	}
+	// This node's own writes queued before the read are in it.
+	r.ops.waitQueued(r.timeout)
+	vals, err := r.setRead(r.presenceKeys(channel), r.opts.MaxPresence)
+	if err != nil {
+		return nil, fmt.Errorf("broker: redis presence of %q: %w", channel, err)
+	}
+	if len(vals) == 0 {
+		return nil, nil
+	}
+	out := make([]ClientInfo, 0, len(vals))
+	for _, v := range vals {
+		info, err := decodeClientInfo(v)
+		if err != nil {
+			r.stats.BadMessages.Add(1)
+			continue
+		}
+		out = append(out, info)
+	}
+	slices.SortFunc(out, func(a, b ClientInfo) int { return strings.Compare(a.Client, b.Client) })
+	return out, nil
+}
+
+// presenceLoop refreshes this node's presence entries every third of
+// PresenceTTL.
+func (r *Redis) presenceLoop() {
+	defer r.wg.Done()
+	t := time.NewTicker(r.opts.PresenceTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-t.C:
+		}
+		for ch, args := range r.presence.snapshot() {
+			if r.closed.Load() {
+				return
+			}
+			for len(args) > 0 {
+				n := min(len(args), 2*subscribeBatch)
+				if err := r.setAdd(r.presenceKeys(ch), r.opts.PresenceTTL, args[:n]...); err != nil {
+					r.log.Debug("broker: redis: presence not refreshed", "channel", ch, "err", err)
+					break
+				}
+				args = args[n:]
+			}
+		}
+	}
+}
+
+// setAdd adds member, value pairs to an expiring set with ttl.
+func (r *Redis) setAdd(keys []string, ttl time.Duration, pairs ...string) error {
+	ctx, cancel := r.ctx()
+	defer cancel()
+	args := append([]string{msString(ttl)}, pairs...)
+	return setAddScript.Exec(ctx, r.client, keys, args).Error()
+}
+
+// setRemove takes members out of an expiring set.
+func (r *Redis) setRemove(ctx context.Context, keys []string, members ...string) error {
+	res := r.client.DoMulti(ctx,
+		r.client.B().Hdel().Key(keys[0]).Field(members...).Build(),
+		r.client.B().Zrem().Key(keys[1]).Member(members...).Build())
+	return errors.Join(res[0].Error(), res[1].Error())
+}
+
+// setRead drops an expiring set's expired members and returns the values
+// of at most limit live ones.
+func (r *Redis) setRead(keys []string, limit int) ([]string, error) {
+	ctx, cancel := r.ctx()
+	defer cancel()
+	return setReadScript.Exec(ctx, r.client, keys, []string{strconv.Itoa(limit)}).AsStrSlice()
+}
+
+// msString is d in whole milliseconds (rounded up), as a Redis argument.
+func msString(d time.Duration) string { return strconv.FormatInt(ceilMs(d), 10) }

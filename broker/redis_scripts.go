@@ -1,0 +1,162 @@
+package broker
+
+import "github.com/redis/rueidis"
+
+// The Redis broker's Lua scripts. Each runs atomically in Redis, so a
+// publication's offset, its place in history, its key expiry and its
+// pub/sub message are one step: offsets are gap-free and every subscriber
+// connection receives a channel's messages in offset order. Times come from
+// the Redis server's TIME, one clock for every node.
+
+// publishScript: KEYS meta, stream, pub/sub channel; ARGV data, history
+// size, history ttl (ms), epoch offered for a new stream, key ttl (ms, 0:
+// no expiry), publish command. Returns {offset, epoch, stream id or ""}.
+//
+// A new stream (no meta key: never published, expired or lost) takes the
+// offered epoch and drops any stream left over, so the history is always a
+// contiguous run of offsets ending at the current one. A channel that keeps
+// no history has its stream deleted for the same reason.
+var publishScript = rueidis.NewLuaScript(`
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then
+  e = ARGV[4]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', e)
+end
+local o = redis.call('HINCRBY', KEYS[1], 'o', 1)
+redis.call('HSET', KEYS[1], 't', ARGV[3])
+local size = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local kttl = tonumber(ARGV[5])
+local id = ''
+local ms
+if size > 0 then
+  id = redis.call('XADD', KEYS[2], 'MAXLEN', size, '*', 'o', o, 'd', ARGV[1])
+  ms = tonumber(string.match(id, '^(%d+)'))
+  if ttl > 0 then
+    redis.call('XTRIM', KEYS[2], 'MINID', ms - ttl + 1)
+  end
+  if kttl > 0 then redis.call('PEXPIRE', KEYS[2], kttl) else redis.call('PERSIST', KEYS[2]) end
+else
+  redis.call('DEL', KEYS[2])
+  local t = redis.call('TIME')
+  ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+if kttl > 0 then redis.call('PEXPIRE', KEYS[1], kttl) else redis.call('PERSIST', KEYS[1]) end
+redis.call(ARGV[6], KEYS[3], 'p' .. o .. ' ' .. ms .. ' ' .. e .. ' ' .. ARGV[1])
+return {o, e, ms}
+`)
+
+// historyScript: KEYS meta, stream; ARGV since offset (-1: none), limit
+// (0: all), byte budget (0: none), epoch of since ("": not checked).
+// Returns {offset, epoch, cutoff ms, [id, offset, data]…}, the entries
+// newest first: the newest limit ones without since; with since, the ones
+// after it, or none when more than limit follow it. When since's epoch is
+// given and is not the stream's, since counts from the stream's start.
+// With a byte budget only the oldest of those entries are returned, as
+// many as fit in it (at least one), so a reader can page through a long
+// gap in order. Entries at or before cutoff are past the channel's history
+// TTL (the caller drops them). No meta key: {0, "", 0}.
+var historyScript = rueidis.NewLuaScriptReadOnly(`
+local m = redis.call('HMGET', KEYS[1], 'o', 'e', 't')
+if not m[1] then return {0, '', 0} end
+local off = tonumber(m[1])
+local ttl = tonumber(m[3] or '0') or 0
+local cut = 0
+if ttl > 0 then
+  local t = redis.call('TIME')
+  cut = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - ttl
+end
+local out = {off, m[2], cut}
+local since = tonumber(ARGV[1])
+local lim = tonumber(ARGV[2])
+local budget = tonumber(ARGV[3])
+if since >= 0 and ARGV[4] ~= '' and ARGV[4] ~= m[2] then since = 0 end
+local n = lim
+if since >= 0 then
+  n = off - since
+  if n <= 0 or (lim > 0 and n > lim) then return out end
+end
+local ents
+if n > 0 then
+  ents = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', n)
+else
+  ents = redis.call('XREVRANGE', KEYS[2], '+', '-')
+end
+local j = 1
+if budget > 0 and #ents > 0 then
+  j = #ents
+  local total = #ents[j][2][4]
+  while j > 1 and total + #ents[j - 1][2][4] <= budget do
+    j = j - 1
+    total = total + #ents[j][2][4]
+  end
+end
+for i = j, #ents do
+  local x = ents[i]
+  out[#out + 1] = x[1]
+  out[#out + 1] = x[2][2]
+  out[#out + 1] = x[2][4]
+end
+return out
+`)
+
+// positionScript: KEYS meta. Returns {offset, epoch}, {0, ""} without a
+// stream.
+var positionScript = rueidis.NewLuaScriptReadOnly(`
+local m = redis.call('HMGET', KEYS[1], 'o', 'e')
+if not m[1] then return {0, ''} end
+return {tonumber(m[1]), m[2]}
+`)
+
+// setAddScript keeps an entry in an expiring set (presence, the node
+// registry): a hash of member → value and a sorted set of member → expiry
+// (Redis time, ms). KEYS hash, zset; ARGV ttl (ms), then member, value
+// pairs. Both keys live twice the ttl past the last add, so a set whose
+// writers all died goes away.
+var setAddScript = rueidis.NewLuaScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[2], now + ttl, ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], 2 * ttl)
+redis.call('PEXPIRE', KEYS[2], 2 * ttl)
+return 1
+`)
+
+// setReadScript: KEYS hash, zset; ARGV limit. Drops the expired members
+// and returns the values of the live ones (at most limit).
+var setReadScript = rueidis.NewLuaScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+while true do
+  local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 500)
+  if #dead == 0 then break end
+  redis.call('HDEL', KEYS[1], unpack(dead))
+  redis.call('ZREM', KEYS[2], unpack(dead))
+end
+local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf', 'LIMIT', 0, tonumber(ARGV[1]))
+if #live == 0 then return {} end
+local vals = {}
+for i = 1, #live, 500 do
+  local part = redis.call('HMGET', KEYS[1], unpack(live, i, math.min(i + 499, #live)))
+  for _, v in ipairs(part) do
+    if v then vals[#vals + 1] = v end
+  end
+end
+return vals
+`)
+
+// keepScript: KEYS meta; ARGV idle (ms). A channel some node subscribes to
+// keeps its stream (offset and epoch) for at least idle more, as a
+// subscribed stream of the Memory broker never expires: otherwise a quiet
+// channel's subscribers would see a new epoch at its next publication.
+var keepScript = rueidis.NewLuaScript(`
+local t = redis.call('PTTL', KEYS[1])
+local idle = tonumber(ARGV[1])
+if t >= 0 and t < idle then redis.call('PEXPIRE', KEYS[1], idle) end
+return 1
+`)
