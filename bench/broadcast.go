@@ -28,25 +28,34 @@ import (
 // of a running server (wsd or Centrifugo), Count publications through its
 // HTTP publish API at Rate, and what each delivery cost and took.
 type BroadcastOptions struct {
-	Target      string        // TargetWsd or TargetCentrifugo
-	URL         string        // ws://host:port/path the subscribers connect to
-	API         string        // the publish URL (HTTP POST)
-	APIKey      string        // the publish API's key
-	Subs        int           // subscribers
-	Channel     string        // the channel they subscribe to
-	Size        int           // bytes of each publication's JSON data
-	Rate        float64       // publications per second; 0: one after another
-	Count       int           // publications
-	Settle      time.Duration // wait after the last subscription before publishing
-	Drain       time.Duration // after the last publication, wait at most this long for deliveries
-	Timeout     time.Duration // bound on the whole run
-	ServerPID   int           // the server's process (0: the one listening on URL's port)
-	PerProcess  int           // most subscribers one client process holds
-	Loops       int           // event loops per client process
-	Concurrency int           // subscriptions in flight per client process
-	Source      net.IP        // first source address; every further 10,000 subscribers use the next
-	Progress    io.Writer     // progress lines (nil: none)
-	Terminal    bool          // Progress is a terminal: rewrite one line in place
+	Target    string        // TargetWsd or TargetCentrifugo
+	URL       string        // ws://host:port/path the subscribers connect to
+	API       string        // the publish URL (HTTP POST)
+	APIKey    string        // the publish API's key
+	Subs      int           // subscribers
+	Channel   string        // the channel they subscribe to
+	Size      int           // bytes of each publication's JSON data
+	Rate      float64       // publications per second; 0: one after another
+	Count     int           // publications
+	Settle    time.Duration // wait after the last subscription before publishing
+	Drain     time.Duration // after the last publication, wait at most this long for deliveries
+	Timeout   time.Duration // bound on the whole run
+	ServerPID int           // the server's process (0: the one listening on URL's port)
+	// Several nodes (a cluster): the subscribers are spread evenly over
+	// URLs (URL is then ignored) and every publication goes to API, which
+	// belongs to the node of URLs[0]; the deliveries on the other nodes
+	// crossed nodes. ServerPIDs are the nodes' processes (nil: the ones
+	// listening on the URLs' ports) and BrokerPIDs the processes of what
+	// connects them (Redis): both count as server CPU.
+	URLs        []string
+	ServerPIDs  []int
+	BrokerPIDs  []int
+	PerProcess  int       // most subscribers one client process holds
+	Loops       int       // event loops per client process
+	Concurrency int       // subscriptions in flight per client process
+	Source      net.IP    // first source address; every further 10,000 subscribers use the next
+	Progress    io.Writer // progress lines (nil: none)
+	Terminal    bool      // Progress is a terminal: rewrite one line in place
 
 	inProcess bool // run the client processes' work in this process (tests)
 }
@@ -65,19 +74,23 @@ func DefaultBroadcastURLs(target string) (ws, api string) {
 // BroadcastResult is what a fan-out run measured. Latencies are in
 // milliseconds; "phase" is from the first publication to the last delivery.
 type BroadcastResult struct {
-	Target          string  `json:"target"`
-	URL             string  `json:"url"`
-	API             string  `json:"api"`
-	ServerPID       int     `json:"server_pid"`
-	Channel         string  `json:"channel"`
-	Subscribers     int64   `json:"subscribers"`
-	SubscribeFailed int64   `json:"subscribe_failed"`
-	Processes       int     `json:"client_processes"`
-	Loops           int     `json:"event_loops_per_process"`
-	RampSeconds     float64 `json:"ramp_seconds"`
-	Size            int     `json:"data_bytes"`
-	Rate            float64 `json:"rate_asked"`
-	Count           int     `json:"count_asked"`
+	Target          string   `json:"target"`
+	URL             string   `json:"url"`
+	API             string   `json:"api"`
+	ServerPID       int      `json:"server_pid"`
+	Nodes           int      `json:"nodes"`                 // 1: one server
+	URLs            []string `json:"urls,omitempty"`        // the nodes' WebSocket URLs (several nodes)
+	ServerPIDs      []int    `json:"server_pids,omitempty"` // the nodes' processes (several nodes)
+	BrokerPIDs      []int    `json:"broker_pids,omitempty"` // Redis (several nodes)
+	Channel         string   `json:"channel"`
+	Subscribers     int64    `json:"subscribers"`
+	SubscribeFailed int64    `json:"subscribe_failed"`
+	Processes       int      `json:"client_processes"`
+	Loops           int      `json:"event_loops_per_process"`
+	RampSeconds     float64  `json:"ramp_seconds"`
+	Size            int      `json:"data_bytes"`
+	Rate            float64  `json:"rate_asked"`
+	Count           int      `json:"count_asked"`
 
 	Published         int     `json:"published"`
 	PublishFailed     int     `json:"publish_failed"`
@@ -101,7 +114,10 @@ type BroadcastResult struct {
 	PhaseSeconds   float64 `json:"phase_seconds"`
 	DeliveriesPerS float64 `json:"deliveries_per_second"`
 
-	ServerCPUSeconds     float64  `json:"server_cpu_seconds"`
+	ServerCPUSeconds     float64  `json:"server_cpu_seconds"`               // the nodes' and the broker's
+	BrokerCPUSeconds     float64  `json:"broker_cpu_seconds"`               // of which the broker's (Redis)
+	CrossNode            int64    `json:"deliveries_cross_node"`            // to subscribers on another node than the publishing one
+	CrossNodePerS        float64  `json:"deliveries_cross_node_per_second"` // over the phase
 	ServerIdleCPUPercent float64  `json:"server_idle_cpu_percent_before"`
 	DeliveriesPerCPUSec  float64  `json:"deliveries_per_server_cpu_second"`
 	ServerRSSStart       float64  `json:"server_rss_phase_start_bytes"`
@@ -223,6 +239,7 @@ func (p *publisher) post(ctx context.Context, channel, data []byte) ([]byte, err
 type bcastClient struct {
 	i      int
 	n      int
+	node   int // index in URLs
 	pid    int // 0: in this process
 	stdin  io.WriteCloser
 	mu     sync.Mutex
@@ -302,14 +319,24 @@ func (b *bcastRun) totals() (t bcastReport, ready int, err error) {
 
 // RunBroadcast runs the fan-out measurement against a running server.
 func RunBroadcast(parent context.Context, o BroadcastOptions) (*BroadcastResult, error) {
+	if len(o.URLs) > 0 {
+		o.URL = o.URLs[0]
+	}
 	if o.URL == "" || o.API == "" {
 		ws, api := DefaultBroadcastURLs(o.Target)
 		o.URL = cmpOr(o.URL, ws)
 		o.API = cmpOr(o.API, api)
 	}
-	u, err := url.Parse(o.URL)
-	if err != nil || u.Scheme != "ws" || u.Host == "" {
-		return nil, fmt.Errorf("bad -url %q: want ws://host:port/path", o.URL)
+	if len(o.URLs) == 0 {
+		o.URLs = []string{o.URL}
+	}
+	var us []*url.URL
+	for _, s := range o.URLs {
+		u, err := url.Parse(s)
+		if err != nil || u.Scheme != "ws" || u.Host == "" {
+			return nil, fmt.Errorf("bad -url %q: want ws://host:port/path", s)
+		}
+		us = append(us, u)
 	}
 	if _, err := subscribeMessages(o.Target, o.Channel); err != nil {
 		return nil, err
@@ -327,6 +354,8 @@ func RunBroadcast(parent context.Context, o BroadcastOptions) (*BroadcastResult,
 		return nil, errors.New("-channel must not be empty")
 	case o.Timeout <= 0 || o.Drain <= 0 || o.Settle < 0:
 		return nil, errors.New("-timeout and -drain must be positive, -settle not negative")
+	case o.Subs < len(o.URLs):
+		return nil, errors.New("-subs must be at least the number of nodes")
 	case o.PerProcess < 1 || o.PerProcess > 18000 || o.Loops < 1 || o.Concurrency < 1:
 		return nil, errors.New("-per-process must be 1 to 18000 (one file descriptor each), -loops and -concurrency positive")
 	case o.Source == nil || o.Source.To4() == nil:
@@ -335,9 +364,42 @@ func RunBroadcast(parent context.Context, o BroadcastOptions) (*BroadcastResult,
 	if o.APIKey == "" {
 		return nil, errors.New("-api-key is required (the key the server was started with)")
 	}
-	pid, err := serverPID(o.ServerPID, u)
-	if err != nil {
-		return nil, err
+	servers := o.ServerPIDs
+	if len(servers) == 0 {
+		for _, u := range us {
+			pid, err := serverPID(o.ServerPID, u)
+			if err != nil {
+				return nil, err
+			}
+			if !slices.Contains(servers, pid) {
+				servers = append(servers, pid)
+			}
+		}
+	}
+	for _, p := range append(slices.Clone(servers), o.BrokerPIDs...) {
+		if _, err := ProcCPUSeconds(p); err != nil {
+			return nil, fmt.Errorf("reading the CPU time of process %d: %w", p, err)
+		}
+	}
+	pid := servers[0]
+	// The server's CPU is every node's and the broker's; its RSS every node's.
+	cpuOf := func() (float64, error) {
+		var s float64
+		for _, p := range append(slices.Clone(servers), o.BrokerPIDs...) {
+			v, err := ProcCPUSeconds(p)
+			if err != nil {
+				return 0, err
+			}
+			s += v
+		}
+		return s, nil
+	}
+	rss := func() float64 {
+		var s float64
+		for _, p := range servers {
+			s += procRSS(p)
+		}
+		return s
 	}
 
 	ctx, cancel := context.WithTimeout(parent, o.Timeout)
@@ -345,8 +407,12 @@ func RunBroadcast(parent context.Context, o BroadcastOptions) (*BroadcastResult,
 	b := &bcastRun{progressLine: progressLine{o.Progress, o.Terminal}, o: o, began: time.Now(), r: &BroadcastResult{
 		Target: o.Target, URL: o.URL, API: o.API, ServerPID: pid, Channel: o.Channel,
 		Size: o.Size, Rate: o.Rate, Count: o.Count, Loops: o.Loops, HostCPUs: hostCPUs(),
+		Nodes: len(o.URLs),
 	}}
-	b.r.ServerRSSBaseline = procRSS(pid)
+	if len(o.URLs) > 1 || len(servers) > 1 || len(o.BrokerPIDs) > 0 {
+		b.r.URLs, b.r.ServerPIDs, b.r.BrokerPIDs = o.URLs, servers, o.BrokerPIDs
+	}
+	b.r.ServerRSSBaseline = rss()
 
 	// Start the client processes and wait for every subscription.
 	defer b.stopClients()
@@ -359,37 +425,39 @@ func RunBroadcast(parent context.Context, o BroadcastOptions) (*BroadcastResult,
 	b.r.RampSeconds = time.Since(b.began).Seconds()
 
 	// Settle, measuring the server's CPU while nothing is published.
-	cpuA, _ := ProcCPUSeconds(pid)
+	cpuA, _ := cpuOf()
 	settleStart := time.Now()
 	if err := b.wait(ctx, o.Settle, "settle"); err != nil {
 		return nil, err
 	}
-	cpuB, _ := ProcCPUSeconds(pid)
+	cpuB, _ := cpuOf()
 	if d := time.Since(settleStart).Seconds(); d > 0 {
 		b.r.ServerIdleCPUPercent = 100 * (cpuB - cpuA) / d
 	}
 
 	// Publish, then wait for the deliveries.
-	b.r.ServerRSSStart = procRSS(pid)
+	b.r.ServerRSSStart = rss()
 	hostA := readHostCPU()
 	softirqd := softirqThreads()
 	softA := sumCPU(softirqd)
 	clientA := b.clientCPU()
-	cpu0, err := ProcCPUSeconds(pid)
+	brokerA := sumCPU(o.BrokerPIDs)
+	cpu0, err := cpuOf()
 	if err != nil {
 		return nil, err
 	}
 	t0 := time.Now()
 	sent := b.publishPhase(ctx, parent)
-	cpu1, err := ProcCPUSeconds(pid)
+	cpu1, err := cpuOf()
 	if err != nil {
 		return nil, fmt.Errorf("the server's CPU after the phase: %w", err)
 	}
+	b.r.BrokerCPUSeconds = sumCPU(o.BrokerPIDs) - brokerA
 	b.r.MeasureSeconds = time.Since(t0).Seconds()
 	hostB := readHostCPU()
 	softB := sumCPU(softirqd)
 	clientB := b.clientCPU()
-	b.r.ServerRSSEnd = procRSS(pid)
+	b.r.ServerRSSEnd = rss()
 	b.r.ServerCPUSeconds = cpu1 - cpu0
 	b.r.SoftirqdCPUSeconds = softB - softA
 	if clientA != nil && clientB != nil {
@@ -431,18 +499,32 @@ func cmpOr(a, b string) string {
 // subscribers from its own source addresses.
 func (b *bcastRun) startClients(ctx context.Context) error {
 	o := b.o
-	procs := (o.Subs + o.PerProcess - 1) / o.PerProcess
-	b.r.Processes = procs
+	// Each node gets an even share of the subscribers, in processes of
+	// at most PerProcess; process i uses its own source addresses.
+	type share struct{ node, n int }
+	var shares []share
+	for node := range o.URLs {
+		left := o.Subs / len(o.URLs)
+		if node < o.Subs%len(o.URLs) {
+			left++
+		}
+		for left > 0 {
+			n := min(o.PerProcess, left)
+			shares = append(shares, share{node, n})
+			left -= n
+		}
+	}
+	b.r.Processes = len(shares)
 	sourcesPer := (o.PerProcess + connsPerSource - 1) / connsPerSource
 	self, err := os.Executable()
 	if err != nil && !o.inProcess {
 		return err
 	}
-	for i := range procs {
-		n := min(o.PerProcess, o.Subs-i*o.PerProcess)
-		w := BroadcastWorker{Target: o.Target, URL: o.URL, Channel: o.Channel, N: n, Count: o.Count,
+	for i, sh := range shares {
+		n := sh.n
+		w := BroadcastWorker{Target: o.Target, URL: o.URLs[sh.node], Channel: o.Channel, N: n, Count: o.Count,
 			Source: addIP(o.Source, i*sourcesPer), Concurrency: o.Concurrency, Loops: o.Loops}
-		c := &bcastClient{i: i, n: n, final: make(chan fanoutFinal, 1), exited: make(chan struct{})}
+		c := &bcastClient{i: i, n: n, node: sh.node, final: make(chan fanoutFinal, 1), exited: make(chan struct{})}
 		b.clients = append(b.clients, c)
 		if o.inProcess {
 			inR, inW := io.Pipe()
@@ -689,6 +771,9 @@ func (b *bcastRun) collect(unpublished []int) (fanoutFinal, error) {
 	for _, c := range b.clients {
 		select {
 		case f := <-c.final:
+			if c.node != 0 {
+				b.r.CrossNode += f.Received
+			}
 			all.merge(f)
 		case <-c.exited:
 			return all, fmt.Errorf("client process %d exited before its tally: %v", c.i, c.err)
@@ -736,6 +821,7 @@ func (b *bcastRun) finish(sent []int64, fin fanoutFinal) {
 	if lat.firstSent > 0 && lat.lastArrival > lat.firstSent {
 		r.PhaseSeconds = float64(lat.lastArrival-lat.firstSent) / 1e9
 		r.DeliveriesPerS = float64(r.Received) / r.PhaseSeconds
+		r.CrossNodePerS = float64(r.CrossNode) / r.PhaseSeconds
 	}
 	if r.ServerCPUSeconds > 0 {
 		r.DeliveriesPerCPUSec = float64(r.Received) / r.ServerCPUSeconds
@@ -805,7 +891,12 @@ func (r *BroadcastResult) Print(w io.Writer) {
 	if r.PublishSeconds > 0 && r.Published > 1 {
 		pubRate = float64(r.Published-1) / r.PublishSeconds
 	}
-	fmt.Fprintf(w, "target                          %s at %s (server pid %d); publish API %s\n", r.Target, r.URL, r.ServerPID, r.API)
+	if r.Nodes > 1 || len(r.BrokerPIDs) > 0 {
+		fmt.Fprintf(w, "target                          %s, %d nodes at %s (pids %v), broker pids %v; publish API %s (the first node's)\n",
+			r.Target, r.Nodes, strings.Join(r.URLs, " "), r.ServerPIDs, r.BrokerPIDs, r.API)
+	} else {
+		fmt.Fprintf(w, "target                          %s at %s (server pid %d); publish API %s\n", r.Target, r.URL, r.ServerPID, r.API)
+	}
 	fmt.Fprintf(w, "subscribers                     %d on %q (%d failed) from %d client process(es) × %d event loops; subscribed in %.1f s\n",
 		r.Subscribers, r.Channel, r.SubscribeFailed, r.Processes, r.Loops, r.RampSeconds)
 	fmt.Fprintf(w, "publications                    %d of %d published (%d failed), %d B of data each, %s: %.1f/s over %.2f s; HTTP publish p50 %.2f ms, max %.2f ms\n",
@@ -818,8 +909,14 @@ func (r *BroadcastResult) Print(w io.Writer) {
 	fmt.Fprintf(w, "all delivered once, in order    %s (%d of %d subscribers complete, %d dropped by the server); phase ended by %s\n",
 		yes(r.Complete), r.CompleteSubs, r.Subscribers, r.Dropped, r.StoppedBy)
 	fmt.Fprintf(w, "delivery rate                   %.0f deliveries/s over %.2f s (first publication to last delivery)\n", r.DeliveriesPerS, r.PhaseSeconds)
+	if r.Nodes > 1 {
+		fmt.Fprintf(w, "cross-node deliveries           %d (%.0f/s): to subscribers of the nodes other than the publishing one\n", r.CrossNode, r.CrossNodePerS)
+	}
 	fmt.Fprintf(w, "server CPU                      %.2f s over %.2f s (%.0f%% of one core; utime+stime); idle before: %.1f%% of one core\n",
 		r.ServerCPUSeconds, r.MeasureSeconds, 100*r.ServerCPUSeconds/max(r.MeasureSeconds, 1e-9), r.ServerIdleCPUPercent)
+	if len(r.BrokerPIDs) > 0 {
+		fmt.Fprintf(w, "  of which the broker           %.2f s (counted in the server CPU)\n", r.BrokerCPUSeconds)
+	}
 	fmt.Fprintf(w, "deliveries per server CPU-s     %.0f\n", r.DeliveriesPerCPUSec)
 	client, other := "n/a (in process)", ""
 	if r.ClientCPUSeconds != nil {

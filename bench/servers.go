@@ -23,17 +23,20 @@ import (
 // its own admin listener: one host's way past one process's file limit,
 // and the layout bench/run-1m.sh uses.
 type ServersOptions struct {
-	Wsd        string        // the wsd binary
-	K          int           // processes
-	Listen     string        // the shared WebSocket address, host:port
-	AdminHost  string        // host of every admin listener
-	AdminBase  int           // process i's admin port is AdminBase+i
-	Aggregate  string        // if set, serve the processes' summed /metrics (and /readyz) here
-	NodePrefix string        // process i runs with --node-id NodePrefix-i: client ids stay unique across processes
-	LogDir     string        // process i's output goes to LogDir/wsd-i.log
-	Args       []string      // more wsd flags, after the ones above (a later flag wins)
-	Ready      time.Duration // how long the processes may take to become ready
-	Stop       time.Duration // after SIGTERM, how long to wait for each drain before SIGKILL
+	Wsd    string // the wsd binary
+	K      int    // processes
+	Listen string // the shared WebSocket address, host:port
+	// PortPerProcess: process i listens on Listen's port + i instead, with
+	// no --reuse-port (separate nodes, as behind a load balancer).
+	PortPerProcess bool
+	AdminHost      string        // host of every admin listener
+	AdminBase      int           // process i's admin port is AdminBase+i
+	Aggregate      string        // if set, serve the processes' summed /metrics (and /readyz) here
+	NodePrefix     string        // process i runs with --node-id NodePrefix-i: client ids stay unique across processes
+	LogDir         string        // process i's output goes to LogDir/wsd-i.log
+	Args           []string      // more wsd flags, after the ones above (a later flag wins)
+	Ready          time.Duration // how long the processes may take to become ready
+	Stop           time.Duration // after SIGTERM, how long to wait for each drain before SIGKILL
 }
 
 // Servers is a running set of wsd processes.
@@ -87,8 +90,18 @@ func StartServers(ctx context.Context, o ServersOptions) (*Servers, error) {
 	s := &Servers{o: o, exits: make(chan procExit, o.K)}
 	for i := range o.K {
 		admin := net.JoinHostPort(o.AdminHost, strconv.Itoa(o.AdminBase+i))
-		args := append([]string{"--listen", o.Listen, "--reuse-port", "--admin", admin,
-			"--node-id", fmt.Sprintf("%s-%d", o.NodePrefix, i)}, o.Args...)
+		listen := []string{"--listen", o.Listen, "--reuse-port"}
+		if o.PortPerProcess {
+			host, port, err := net.SplitHostPort(o.Listen)
+			p, perr := strconv.Atoi(port)
+			if err != nil || perr != nil {
+				s.stopAll()
+				return nil, fmt.Errorf("servers: bad listen address %q", o.Listen)
+			}
+			listen = []string{"--listen", net.JoinHostPort(host, strconv.Itoa(p+i))}
+		}
+		args := append(append(listen, "--admin", admin,
+			"--node-id", fmt.Sprintf("%s-%d", o.NodePrefix, i)), o.Args...)
 		logf, err := os.Create(filepath.Join(o.LogDir, fmt.Sprintf("wsd-%d.log", i)))
 		if err != nil {
 			s.stopAll()

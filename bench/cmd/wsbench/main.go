@@ -360,7 +360,7 @@ func broadcast(ctx context.Context, args []string) error {
 	var o bench.BroadcastOptions
 	var source, jsonOut string
 	fs.StringVar(&o.Target, "target", bench.TargetWsd, "the server: wsd or centrifugo (its client protocol and publish API)")
-	fs.StringVar(&o.URL, "url", "", "WebSocket URL the subscribers connect to (default ws://127.0.0.1:8080/ws for wsd, ws://127.0.0.1:8000/connection/websocket for centrifugo)")
+	fs.StringVar(&o.URL, "url", "", "WebSocket URL the subscribers connect to (default ws://127.0.0.1:8080/ws for wsd, ws://127.0.0.1:8000/connection/websocket for centrifugo); several, comma-separated: the nodes of a cluster, the subscribers spread evenly over them, -api on the first")
 	fs.StringVar(&o.API, "api", "", "publish URL (default http://127.0.0.1:9090/api/publish for wsd, http://127.0.0.1:8000/api/publish for centrifugo)")
 	fs.StringVar(&o.APIKey, "api-key", "", "the publish API's key (wsd: --api-key; Centrifugo: http_api.key)")
 	fs.IntVar(&o.Subs, "subs", 10000, "subscribers")
@@ -377,15 +377,52 @@ func broadcast(ctx context.Context, args []string) error {
 	fs.IntVar(&o.Concurrency, "concurrency", 64, "subscriptions in flight per client process")
 	fs.StringVar(&source, "source", "127.0.0.2", "source address; every further 10,000 subscribers use the next address")
 	fs.StringVar(&jsonOut, "json", "", "also write the result as JSON to this file")
+	var brokerPIDs string
+	fs.StringVar(&brokerPIDs, "broker-pids", "", "processes of the broker between the nodes (Redis), comma-separated: their CPU counts as server CPU")
+	self, _ := os.Executable()
+	var no bench.NodesOptions
+	fs.IntVar(&no.N, "nodes", 0, "start a cluster of this many wsd nodes and a redis-server of its own (--broker redis), run against it, and stop it (0: run against -url)")
+	fs.StringVar(&no.Wsd, "wsd", filepath.Join(filepath.Dir(self), "wsd"), "with -nodes: the wsd binary")
+	fs.StringVar(&no.Redis, "redis-server", "redis-server", "with -nodes: the redis-server binary")
+	fs.IntVar(&no.Port, "node-port", 18400, "with -nodes: node i's WebSocket port is this + i")
+	fs.IntVar(&no.AdminBase, "node-admin", 18500, "with -nodes: node i's admin port is this + i")
+	fs.StringVar(&no.LogDir, "logs", filepath.Join(os.TempDir(), "wsbench-nodes"), "with -nodes: redis.log and wsd-i.log go here")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	no.Args = fs.Args() // after --: more wsd flags for every node
+	if len(no.Args) > 0 && no.N == 0 {
+		return fmt.Errorf("unexpected arguments %q (wsd flags after -- need -nodes)", no.Args)
+	}
+	if o.URL != "" && strings.Contains(o.URL, ",") {
+		o.URLs = strings.Split(o.URL, ",")
+	}
+	for _, f := range strings.FieldsFunc(brokerPIDs, func(r rune) bool { return r == ',' }) {
+		pid, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || pid <= 0 {
+			return fmt.Errorf("bad -broker-pids %q", brokerPIDs)
+		}
+		o.BrokerPIDs = append(o.BrokerPIDs, pid)
 	}
 	o.Source = net.ParseIP(source)
 	o.Progress = os.Stderr
 	o.Terminal = isTerminal(os.Stderr)
+	if no.N > 0 {
+		if o.Target != bench.TargetWsd || o.URL != "" || o.API != "" || len(o.BrokerPIDs) > 0 || o.ServerPID != 0 {
+			return errors.New("-nodes starts its own wsd cluster: it goes without -target centrifugo, -url, -api, -server-pid and -broker-pids")
+		}
+		if o.APIKey == "" {
+			o.APIKey = "wsbench-nodes"
+		}
+		no.Host, no.APIKey = "127.0.0.1", o.APIKey
+		fmt.Fprintf(os.Stderr, "starting redis-server and %d wsd nodes (logs in %s)\n", no.N, no.LogDir)
+		nodes, err := bench.StartNodes(ctx, no)
+		if err != nil {
+			return err
+		}
+		defer nodes.Stop()
+		o.URLs, o.API, o.ServerPIDs, o.BrokerPIDs = nodes.URLs, nodes.APIs[0], nodes.PIDs, []int{nodes.RedisPID}
+	}
 	r, err := bench.RunBroadcast(ctx, o)
 	if err != nil {
 		return err
