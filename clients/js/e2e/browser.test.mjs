@@ -52,11 +52,11 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // waitPage waits for fn to hold in the page; on a timeout the page's
 // events and offsets say what happened instead.
-async function waitPage(page, fn, what, timeout = 15000) {
+async function waitPage(page, fn, what, timeout = 15000, ...args) {
   try {
     // Polled on a timer: a page in a background tab gets no animation
     // frames, which waitForFunction polls on by default.
-    await page.waitForFunction(fn, { timeout, polling: 100 });
+    await page.waitForFunction(fn, { timeout, polling: 100 }, ...args);
   } catch (err) {
     const seen = await page.evaluate(() => ({ events: window.events, offsets: window.pubs?.map((p) => p.offset) }));
     throw new Error(`${what}: ${err.message}; the page saw ${JSON.stringify(seen)}; its console: ${JSON.stringify(page.consoleLines)}`);
@@ -171,7 +171,8 @@ test("a page cut off recovers everything; after a drain and restart it is told r
 const noRedis = !existsSync(redisBin) && `no ${redisBin} (apt-get install redis-server)`;
 test("Redis broker: a page drained off node A recovers, once A is back, what node B published meanwhile", { skip: (!existsSync(chromium) && `no ${chromium}`) || noRedis }, async () => {
   const redis = await startRedis();
-  const args = (node) => ["--retry-after-max", "1s", "--drain-timeout", "3s", "--broker", "redis", "--redis-addr", redis.addr, "--node-id", node];
+  // History of 1,000: room for what the racing publisher below adds, however slow the machine.
+  const args = (node) => ["--retry-after-max", "1s", "--drain-timeout", "3s", "--broker", "redis", "--redis-addr", redis.addr, "--node-id", node, "--history-size", "1000"];
   const channel = "e2e-redis";
   let a, b;
   let pages = {};
@@ -205,27 +206,48 @@ test("Redis broker: a page drained off node A recovers, once A is back, what nod
     }
     await publish(b, channel, 21, 30);
 
-    // A again, on the same port: each page resubscribes with its last
-    // {offset, epoch} and recovers the rest from Redis's history.
-    a = await startWsd({ tokens: true, args: args("a"), port: a.port });
+    // A again, on the same port, while B's API goes on publishing (every
+    // 25 ms, until both pages are back and a little after): each page
+    // resubscribes with its last {offset, epoch}, recovers from Redis's
+    // history what it missed, and goes on live without a gap or a double
+    // where the recovery meets the publications that race it.
+    let last = 30;
+    let publishing = true;
+    const racing = (async () => {
+      while (publishing) {
+        await publish(b, channel, last + 1, last + 1);
+        last++;
+        await sleep(25);
+      }
+    })();
+    try {
+      a = await startWsd({ tokens: true, args: args("a"), port: a.port });
+      for (const [protocol, page] of Object.entries(pages)) {
+        await waitPage(page, () => window.events.filter((e) => e.event === "subscribed").length === 2 && window.pubs.length >= 30, `${protocol}: the recovery after the restart`);
+      }
+      await sleep(250);
+    } finally {
+      publishing = false;
+      await racing;
+    }
     for (const [protocol, page] of Object.entries(pages)) {
-      await waitPage(page, () => window.events.filter((e) => e.event === "subscribed").length === 2 && window.pubs.length >= 30, `${protocol}: the recovery after the restart`);
+      await waitPage(page, (n) => window.pubs.length >= n, `${protocol}: ${last} publications`, 15000, last);
       const { pubs, events, refetched } = await page.evaluate(() => ({ pubs: window.pubs, events: window.events, refetched: window.refetched }));
       const resub = events.filter((e) => e.event === "subscribed").at(-1);
       assert.deepEqual([resub.recovering, resub.recovered], [true, true], protocol);
       assert.equal(refetched, null, `${protocol}: nothing to refetch`);
-      assert.deepEqual(pubs.map((p) => p.offset), upTo(30), `${protocol}: every publication, in order, once`);
-      assert.deepEqual(pubs.map((p) => p.data.n), upTo(30));
+      assert.deepEqual(pubs.map((p) => p.offset), upTo(last), `${protocol}: every publication, in order, once`);
+      assert.deepEqual(pubs.map((p) => p.data.n), upTo(last));
       assert.ok(pubs.every((p) => p.epoch === epoch), `${protocol}: the same epoch across the restart`);
     }
 
-    // And live again on the restarted node.
-    await publish(a, channel, 31, 31);
+    // And one more, through the restarted node's API: live.
+    await publish(a, channel, last + 1, last + 1);
     for (const [protocol, page] of Object.entries(pages)) {
-      await waitPage(page, () => window.pubs.length >= 31, `${protocol}: the first publication after the restart`);
+      await waitPage(page, (n) => window.pubs.length >= n, `${protocol}: the publication after the restart`, 15000, last + 1);
       const pubs = await page.evaluate(() => window.pubs);
-      assert.deepEqual(pubs.map((p) => p.offset), upTo(31), protocol);
-      assert.deepEqual([pubs[30].epoch, pubs[30].data], [epoch, { n: 31 }], protocol);
+      assert.deepEqual(pubs.map((p) => p.offset), upTo(last + 1), protocol);
+      assert.deepEqual([pubs[last].epoch, pubs[last].data], [epoch, { n: last + 1 }], protocol);
     }
   } finally {
     for (const page of Object.values(pages)) await page.close();
