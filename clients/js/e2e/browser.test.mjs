@@ -14,7 +14,8 @@
 // node B's HTTP API publishes; A is restarted on the same port, and each
 // page must resubscribe with its last {offset, epoch}, be told
 // recovered:true and get every publication in order, once, in the same
-// epoch, without a refetch. Skipped without /usr/bin/redis-server.
+// epoch, without a refetch, while B publishes through the restart and the
+// resubscribe. Skipped without /usr/bin/redis-server (REDIS_SERVER: another).
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { createServer } from "node:http";
