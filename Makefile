@@ -44,7 +44,9 @@ test-js:
 
 ## test-e2e: the JS client's bundle in a real browser (Debian's Chromium: apt-get install chromium; the
 ## test is skipped without it), driven by puppeteer-core, against bin/wsd: a cut, a drain and a restart,
-## and the admin page against /metrics (~15 s). Not part of make test; .ci/run installs Chromium and runs it.
+## and the admin page against /metrics; then a drain and restart of one of two nodes on a redis-server of
+## the test's own (skipped without redis-server) (~15 s). Not part of make test; .ci/run installs
+## Chromium and redis-server and runs it.
 test-e2e:
 	$(GO) build -o $(BIN)/wsd ./cmd/wsd
 	cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm run build

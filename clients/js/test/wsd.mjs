@@ -1,15 +1,17 @@
 // Starts real wsd processes for the tests: bin/wsd (built by `make
-// test-js`, or WSD_BIN) on free loopback ports, stopped by PID.
+// test-js`, or WSD_BIN) on free loopback ports, stopped by PID; and a
+// redis-server of the test's own for the Redis broker (startRedis).
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const wsdBin = process.env.WSD_BIN ?? resolve(here, "../../../bin/wsd");
+export const redisBin = process.env.REDIS_SERVER ?? "/usr/bin/redis-server";
 
 export const secret = "a test secret of at least thirty-two bytes";
 export const apiKey = "test-key";
@@ -94,6 +96,72 @@ export async function startWsd({ args = [], port, tokens = false } = {}) {
       return res;
     },
   };
+}
+
+/** ping sends PING to a Redis at port and resolves with its first line, or rejects after 1 s. */
+function ping(port) {
+  return new Promise((res, rej) => {
+    const s = connect({ host: "127.0.0.1", port });
+    let got = "";
+    const done = (err) => {
+      clearTimeout(t);
+      s.destroy();
+      err ? rej(err) : res(got.slice(0, got.indexOf("\r\n")));
+    };
+    const t = setTimeout(() => done(new Error("no answer to PING within 1 s")), 1000);
+    s.once("error", done);
+    s.once("connect", () => s.write("PING\r\n"));
+    s.on("data", (d) => {
+      got += d;
+      if (got.includes("\r\n")) done();
+    });
+  });
+}
+
+/**
+ * startRedis runs redis-server (redisBin) on a free 127.0.0.1 port, with no
+ * persistence, in a directory of its own, and resolves once it answers
+ * PING. stop kills it by PID (SIGKILL: nothing to save) and removes the
+ * directory. Callers skip when redisBin is missing (Debian: apt-get install
+ * redis-server).
+ */
+export async function startRedis() {
+  if (!existsSync(redisBin)) throw new Error(`${redisBin} is missing: apt-get install redis-server`);
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), "wsd-redis-"));
+  const flags = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir, "--daemonize", "no", "--protected-mode", "yes"];
+  const proc = spawn(redisBin, flags, { stdio: ["ignore", "pipe", "pipe"] });
+  let log = "";
+  proc.stdout.on("data", (d) => (log += d));
+  proc.stderr.on("data", (d) => (log += d));
+  const exited = new Promise((res) => proc.once("exit", (code, signal) => res({ code, signal })));
+  const stop = async () => {
+    if (proc.exitCode === null && proc.signalCode === null) {
+      process.kill(proc.pid, "SIGKILL");
+      await exited;
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  // A port taken between freePort and the bind makes redis-server exit;
+  // its log says so.
+  const deadline = Date.now() + 10000;
+  for (;;) {
+    if (proc.exitCode !== null) {
+      await stop();
+      throw new Error(`redis-server exited at start: ${log}`);
+    }
+    let answer = "";
+    try {
+      answer = await ping(port);
+      if (answer === "+PONG") break;
+    } catch {}
+    if (Date.now() > deadline) {
+      await stop();
+      throw new Error(`redis-server on 127.0.0.1:${port} did not answer PING within 10 s (${answer || "no answer"}): ${log}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return { port, addr: `127.0.0.1:${port}`, pid: proc.pid, log: () => log, stop };
 }
 
 /** next resolves with the next event `name` of an emitter, or rejects after ms. */
