@@ -333,6 +333,44 @@ func ToMsgpack(dst, src []byte) ([]byte, error) {
 	return dst, nil
 }
 
+// Check reports whether ToMsgpack can carry src, which must be valid JSON
+// (the caller has checked it): nil, or the error ToMsgpack would return.
+// Valid JSON that MessagePack cannot carry is a number beyond float64's
+// range (ErrRange). It is for where data enters (a publication), so that
+// what JSON clients may send every MessagePack client can receive: one
+// pass, no allocation, and only numbers with an exponent or more than 20
+// characters are parsed (no shorter one can pass float64's range).
+func Check(src []byte) error {
+	for i := 0; i < len(src); i++ {
+		switch c := src[i]; {
+		case c == '"':
+			j, err := stringEnd(src, i)
+			if err != nil {
+				return ErrJSON
+			}
+			i = j - 1
+		case c == '-' || c >= '0' && c <= '9':
+			j, exp := i, false
+			for ; j < len(src); j++ {
+				c := src[j]
+				if c == 'e' || c == 'E' {
+					exp = true
+				} else if !(c >= '0' && c <= '9' || c == '-' || c == '+' || c == '.') {
+					break
+				}
+			}
+			if exp || j-i > 20 {
+				num := unsafe.String(unsafe.SliceData(src[i:j]), j-i) // read, never kept
+				if _, err := strconv.ParseFloat(num, 64); err != nil {
+					return ErrRange
+				}
+			}
+			i = j - 1
+		}
+	}
+	return nil
+}
+
 // count fills s.counts with the number of elements of each container of
 // src, in order of opening, and checks the brackets and nesting depth.
 func (s *scratch) count(src []byte) error {

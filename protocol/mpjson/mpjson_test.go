@@ -183,6 +183,36 @@ func TestToMsgpackRefusesInvalidJSON(t *testing.T) {
 	}
 }
 
+// TestCheck: Check refuses exactly the valid JSON that ToMsgpack refuses,
+// with the same error: numbers past float64's range, wherever they are
+// and however they are written.
+func TestCheck(t *testing.T) {
+	refused := []string{`1e400`, `-1e400`, `1E+309`, `[0,{"a":[1e400]}]`, `{"n":-2.5e999}`,
+		strings.Repeat("9", 400), "-" + strings.Repeat("1", 310), "0." + strings.Repeat("0", 400) + "1e800"}
+	carried := []string{`1e308`, `-1.7976931348623157e308`, `1e-400`, `"1e400"`, `{"1e400":"x"}`,
+		`"\"1e400"`, strings.Repeat("9", 300) + ".5", strings.Repeat("9", 30), "0." + strings.Repeat("0", 400) + "1",
+		`[true,false,null,-0,0.5E-3]`}
+	for _, s := range samples {
+		carried = append(carried, s.in)
+	}
+	for _, in := range refused {
+		if _, err := ToMsgpack(nil, []byte(in)); !errors.Is(err, ErrRange) {
+			t.Fatalf("ToMsgpack(%.40s): %v, the test expects ErrRange", in, err)
+		}
+		if err := Check([]byte(in)); !errors.Is(err, ErrRange) {
+			t.Errorf("Check(%.40s): %v, want ErrRange", in, err)
+		}
+	}
+	for _, in := range carried {
+		if _, err := ToMsgpack(nil, []byte(in)); err != nil {
+			t.Fatalf("ToMsgpack(%.40s): %v, the test expects it carried", in, err)
+		}
+		if err := Check([]byte(in)); err != nil {
+			t.Errorf("Check(%.40s): %v, want nil", in, err)
+		}
+	}
+}
+
 func TestZeroAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("allocation counts are not meaningful under the race detector; make test runs this without it")
@@ -198,6 +228,10 @@ func TestZeroAllocs(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(200, func() { out, _ = ToJSON(out[:0], mp, 1<<20) }); n != 0 {
 		t.Errorf("ToJSON: %v allocs", n)
+	}
+	big := []byte(`[1.5e300,` + strings.Repeat("7", 40) + `]`) // both parsed
+	if n := testing.AllocsPerRun(200, func() { _ = Check(js); _ = Check(big) }); n != 0 {
+		t.Errorf("Check: %v allocs", n)
 	}
 }
 
