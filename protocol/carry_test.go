@@ -125,3 +125,32 @@ func TestMsgpackReplyThatCannotBeEncodedIsAnError(t *testing.T) {
 		t.Fatalf("JSON client's history: %+v", m)
 	}
 }
+
+// TestPublishRefusesInvalidUTF8: data that is not UTF-8 is refused before
+// it gets an offset. A client cannot send it (the engine checks a text
+// message's UTF-8, MessagePack str is checked on the way in), but the HTTP
+// API's body is JSON that encoding/json does not check, and Hub.Publish is
+// what the API calls. (It was accepted: a text frame JSON subscribers'
+// WebSocket must fail on, and a MessagePack str that is not one.)
+func TestPublishRefusesInvalidUTF8(t *testing.T) {
+	s := startStack(t, stackOptions{})
+	js := s.Dial(t, "")
+	subscribe(t, js, "feed")
+	mp := s.DialProtocol(t, "", protocol.SubprotocolMsgpack)
+	mpCall(t, mp, map[string]any{"type": "subscribe", "channel": "feed"})
+	for _, d := range []string{"\"\xe9\"", "{\"s\":\"caf\xc3\"}", "{\"\xff\":1}", "[\"\\t\xed\xa0\x80\"]"} {
+		if pos, err := s.Hub.Publish("feed", []byte(d)); !errors.Is(err, hub.ErrInvalidData) || !strings.Contains(err.Error(), "UTF-8") {
+			t.Fatalf("Hub.Publish(%q): %+v, %v; want ErrInvalidData naming UTF-8", d, pos, err)
+		}
+	}
+	pos, err := s.Hub.Publish("feed", []byte(`"café"`))
+	if err != nil || pos.Offset != 1 {
+		t.Fatalf("publish after the refusals: %+v, %v", pos, err)
+	}
+	if m := read(t, js); m.Offset != 1 || string(m.Data) != `"café"` {
+		t.Fatalf("JSON subscriber got %+v", m)
+	}
+	if m := mpRead(t, mp); same(m["offset"]) != 1.0 || m["data"] != "café" {
+		t.Fatalf("MessagePack subscriber got %v", m)
+	}
+}
