@@ -8,8 +8,10 @@
 // and every loop writes those same bytes to its own subscribers
 // (engine.Server.Fanout); the engine makes the MessagePack form at most
 // once more, for the wsd.msgpack subscribers (engine.Alternate). No lock
-// is taken on the delivery path; the hub's mutex guards the table of the
-// node's broker subscriptions, and a mutex per channel orders that
+// is taken on the loops' delivery path; the hub's mutex guards the table
+// of the node's broker subscriptions (read-locked once per publication,
+// to find the channel's fan-out key, which carries the publication's
+// epoch to the loops), and a mutex per channel orders that
 // channel's broker Subscribe and Unsubscribe (taken when a loop gets its
 // first subscriber of a channel or loses its last, never across a broker
 // call for another channel).
@@ -140,9 +142,9 @@ type nodeChan struct {
 	subscribed bool       // the broker has the node subscribed (mu)
 	// key is the fan-out key of the channel's publications in the epoch
 	// the broker delivered last (see pubKey): made once per epoch, not
-	// per publication. Only HandlePublication touches it, and the broker
-	// never calls that concurrently for one channel; atomic because a
-	// nodeChan outlives no such guarantee across unsubscribes.
+	// per publication. Only HandlePublication touches it, never
+	// concurrently for one channel (the broker's contract); atomic so that
+	// this does not rest on how the broker orders those calls in memory.
 	key atomic.Pointer[string]
 }
 
