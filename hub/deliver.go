@@ -3,6 +3,7 @@ package hub
 import (
 	"errors"
 	"strconv"
+	"strings"
 
 	"github.com/mailru/easyjson/jwriter"
 
@@ -22,7 +23,7 @@ import (
 func (h *Hub) HandlePublication(ch string, pub *broker.Publication, pos broker.Position) {
 	bp := h.frames.Get().(*[]byte)
 	b := AppendMessage((*bp)[:0], ch, pub.Offset, pos.Epoch, pub.Data)
-	err := h.srv.Fanout(h, ch, pub.Offset, frame.OpText, b)
+	err := h.srv.Fanout(h, h.pubKey(ch, pos.Epoch), pub.Offset, frame.OpText, b)
 	*bp = b[:0]
 	if cap(b) <= 64<<10 {
 		h.frames.Put(bp)
@@ -51,16 +52,51 @@ func AppendMessage(b []byte, ch string, offset uint64, epoch string, data []byte
 	return append(b, '}')
 }
 
+// pubKey returns the fan-out key of a publication of ch in epoch: the
+// channel's name, keySep, the epoch. Deliver finds the channel by the name
+// and compares the epoch with each filtering member's, so the epoch
+// travels with the frame, in order with it, and cannot be lost or
+// reordered on the way (as a separate reset frame could: refused for the
+// backlog, or stamped before a member that read the old epoch's position).
+// The key is kept in the channel's nodeChan and made anew only when the
+// epoch changes: no allocation per publication.
+func (h *Hub) pubKey(ch, epoch string) string {
+	h.mu.RLock()
+	nc := h.subs[ch]
+	h.mu.RUnlock()
+	if nc != nil {
+		if k := nc.key.Load(); k != nil && keyEpoch(*k, len(ch)) == epoch {
+			return *k
+		}
+	}
+	k := ch + string(rune(keySep)) + epoch
+	if nc != nil {
+		nc.key.Store(&k)
+	}
+	return k
+}
+
+// keyEpoch returns the epoch of a publication's fan-out key whose channel
+// name is n bytes long.
+func keyEpoch(key string, n int) string { return key[n+1:] }
+
+// splitKey returns the channel and the epoch of a frame's key (the epoch
+// is empty for an event's key, the channel's name alone).
+func splitKey(key string) (ch, epoch string) {
+	if i := strings.IndexByte(key, keySep); i >= 0 {
+		return key[:i], key[i+1:]
+	}
+	return key, ""
+}
+
 // HandleEpoch is broker.EpochHandler: a subscribed channel's stream
-// started a new epoch (Redis lost or expired it). Every loop is told, in
-// order with the channel's publications, to drop the offset filters of the
-// channel's members that subscribed before now: their offsets belong to
-// the old epoch, and the new epoch's publications must reach them even
-// where their offsets are lower. Members that subscribe later read a
-// position of the new epoch (or a newer one) and keep theirs.
-func (h *Hub) HandleEpoch(ch string, _ broker.Position) {
+// started a new epoch (Redis lost or expired it). It is only counted:
+// every publication carries its epoch to Deliver, which never filters a
+// publication of another epoch than a member's position by offset, so the
+// new epoch's low offsets reach members that waited above an old offset
+// without any message of this call having to reach the loops.
+func (h *Hub) HandleEpoch(string, broker.Position) {
 	h.stats.EpochResets.Add(1)
-	_ = h.srv.Fanout(h, ch, eventBit|resetBit|h.stamp.Add(1), frame.OpText, nil)
 }
 
 // HandleJoin and HandleLeave send {"type":"join"|"leave","channel":…,
@@ -95,28 +131,21 @@ func WriteClientInfo(w *jwriter.Writer, info broker.ClientInfo) {
 
 // Deliver writes a frame fanned out for a channel to the channel's
 // subscribers on loop k (engine.Fanout). A publication's sequence number is
-// its offset: a subscriber that already has that offset (from its recovery
-// or its subscribe position) skips it. An event's is its stamp (eventBit
-// set): a subscriber that joined after it skips it.
+// its offset and its key carries its epoch: a subscriber that already has
+// that offset of that epoch (from its recovery or its subscribe position)
+// skips it. An event's is its stamp (eventBit set): a subscriber that
+// joined after it skips it.
 func (h *Hub) Deliver(k int, f *engine.Frame) {
 	x := h.loops[k].Load()
 	if x == nil {
 		return
 	}
-	lc := x.chans[f.Key()]
+	ch, epoch := splitKey(f.Key())
+	lc := x.chans[ch]
 	if lc == nil {
 		return
 	}
 	seq := f.Seq()
-	if seq&resetBit != 0 {
-		stamp := seq &^ (eventBit | resetBit)
-		for i := range lc.subs {
-			if m := &lc.subs[i]; stamp > m.joined {
-				m.after = 0
-			}
-		}
-		return
-	}
 	if seq&eventBit != 0 {
 		for i := range lc.subs {
 			if m := &lc.subs[i]; seq&^eventBit > m.joined {
@@ -127,12 +156,12 @@ func (h *Hub) Deliver(k int, f *engine.Frame) {
 	}
 	for i := range lc.subs {
 		m := &lc.subs[i]
-		if m.after != 0 {
+		if m.after != 0 && m.epoch == epoch {
 			if seq <= m.after {
 				h.stats.DuplicatesFiltered.Add(1)
 				continue
 			}
-			m.after = 0
+			m.after, m.epoch = 0, ""
 		}
 		_ = m.c.WriteFrame(f)
 	}

@@ -8,8 +8,10 @@
 // and every loop writes those same bytes to its own subscribers
 // (engine.Server.Fanout); the engine makes the MessagePack form at most
 // once more, for the wsd.msgpack subscribers (engine.Alternate). No lock
-// is taken on the delivery path; the hub's mutex guards the table of the
-// node's broker subscriptions, and a mutex per channel orders that
+// is taken on the loops' delivery path; the hub's mutex guards the table
+// of the node's broker subscriptions (read-locked once per publication,
+// to find the channel's fan-out key, which carries the publication's
+// epoch to the loops), and a mutex per channel orders that
 // channel's broker Subscribe and Unsubscribe (taken when a loop gets its
 // first subscriber of a channel or loses its last, never across a broker
 // call for another channel).
@@ -75,7 +77,7 @@ type Hub struct {
 
 	loops [256]atomic.Pointer[loopIndex] // each written and read by its own loop only (after creation)
 
-	mu   sync.Mutex           // guards subs and each nodeChan's n
+	mu   sync.RWMutex         // guards subs and each nodeChan's n
 	subs map[string]*nodeChan // channels with subscribers on some loop (or being unsubscribed)
 
 	frames sync.Pool     // *[]byte: publication encoding buffers
@@ -109,15 +111,21 @@ type localChan struct {
 	subs []member
 }
 
-// member is one subscriber. after, while not 0, is the offset up to which
-// the subscriber already has the channel's publications (sent by its
-// recovery, or before its subscription began): live publications up to it
-// are skipped, so the switch from history to live has neither gap nor
-// duplicate. It is cleared at the first newer publication.
+// member is one subscriber. after, while not 0, is the offset of epoch up
+// to which the subscriber already has the channel's publications (sent by
+// its recovery, or before its subscription began): live publications of
+// that epoch up to it are skipped, so the switch from history to live has
+// neither gap nor duplicate. It is cleared at the first newer publication
+// of that epoch. A publication of another epoch is never skipped: offsets
+// of different epochs are unrelated, and the member's position may be of
+// an epoch older than what the node now delivers (the stream started anew
+// after the position was read) or newer (recovery read the broker's server
+// ahead of the node's delivery, whose old-epoch publications still come).
 type member struct {
 	c     engine.Conn
 	cl    *Client
 	after uint64
+	epoch string // after's epoch
 	// joined is the hub's event stamp when the subscription began: join
 	// and leave events stamped at or before it happened before it, and
 	// are skipped (they may still be in the loop's inbox).
@@ -132,15 +140,21 @@ type nodeChan struct {
 	mu         sync.Mutex // held across the broker's Subscribe and Unsubscribe of the channel
 	n          int        // loops with subscribers (h.mu)
 	subscribed bool       // the broker has the node subscribed (mu)
+	// key is the fan-out key of the channel's publications in the epoch
+	// the broker delivered last (see pubKey): made once per epoch, not
+	// per publication. Only HandlePublication touches it, never
+	// concurrently for one channel (the broker's contract); atomic so that
+	// this does not rest on how the broker orders those calls in memory.
+	key atomic.Pointer[string]
 }
 
 // eventBit marks a frame's sequence number as an event stamp rather than
-// a publication's offset; resetBit (with eventBit) marks the event as a
-// new epoch of the channel (HandleEpoch), which clients do not see.
-const (
-	eventBit = 1 << 63
-	resetBit = 1 << 62
-)
+// a publication's offset.
+const eventBit = 1 << 63
+
+// keySep separates a channel's name from the epoch in a publication's
+// fan-out key (channel names are printable ASCII: it never occurs in one).
+const keySep = 0
 
 // New returns a hub over srv and starts its broker.
 func New(o Options) (*Hub, error) {

@@ -115,8 +115,9 @@ func TestRedisAcrossNodes(t *testing.T) {
 
 // TestRedisNewEpochReachesWaitingSubscribers: a subscriber that got no
 // publication since it subscribed at offset 5 still receives offsets 1, 2,
-// 3 of the epoch that starts when Redis loses the channel's stream (the
-// hub drops its offset filter on broker.EpochHandler's call).
+// 3 of the epoch that starts when Redis loses the channel's stream (its
+// offset filter is of the old epoch; the new epoch's publications carry
+// theirs), and the node counts the new epoch (broker.EpochHandler).
 func TestRedisNewEpochReachesWaitingSubscribers(t *testing.T) {
 	srv := redistest.Start(t)
 	a, b := node(t, srv, "a"), node(t, srv, "b")

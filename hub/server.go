@@ -11,19 +11,35 @@ import (
 	"github.com/wsdproject/wsd/broker"
 	"github.com/wsdproject/wsd/engine"
 	"github.com/wsdproject/wsd/frame"
+	"github.com/wsdproject/wsd/protocol/mpjson"
 )
 
 // ErrBusy: the event loops are behind on delivering; the publication was
 // not accepted. Retry later.
 var ErrBusy = errors.New("the server is behind on delivering publications")
 
+// ErrInvalidData: the data is JSON that not every subprotocol can carry
+// (not UTF-8, or a number beyond float64's range), so some subscribers
+// could never receive it, live or recovered; it was not accepted. Publish
+// wraps it with the reason.
+var ErrInvalidData = errors.New("the data cannot reach every subscriber (JSON and MessagePack)")
+
 // Publish publishes data (raw JSON) to ch: the broker gives it an offset,
 // keeps it in the channel's history (as the channel's options say) and
 // delivers it to every subscriber of the cluster. It returns the
-// publication's position. Safe from any goroutine (from a handler too).
+// publication's position. Data that one of the subprotocols cannot carry
+// (mpjson.Check: not UTF-8, which nothing else checks in the HTTP API's
+// JSON body, or a number beyond float64's range) is refused with
+// ErrInvalidData: every publication goes through here (a client's
+// publish, the HTTP API), and one accepted that way would be lost to that
+// subprotocol's subscribers (JSON ones could not even read a text frame
+// that is not UTF-8). Safe from any goroutine (from a handler too).
 func (h *Hub) Publish(ch string, data []byte) (broker.Position, error) {
 	if auth.ValidChannel(ch) != nil {
 		return broker.Position{}, ErrInvalidChannel
+	}
+	if err := mpjson.Check(data); err != nil {
+		return broker.Position{}, fmt.Errorf("%w: %w", ErrInvalidData, err)
 	}
 	// A publication this node's loops could not take now would reach its
 	// subscribers only through recovery: refuse it before it is accepted.

@@ -89,16 +89,20 @@ const (
 	CodeInvalidChannel = "INVALID_CHANNEL"
 	// CodeForbidden: the connection's token (or the server's policy for
 	// anonymous connections) does not allow this on this channel.
-	CodeForbidden          = "FORBIDDEN"
-	CodeAlreadySubscribed  = "ALREADY_SUBSCRIBED"
-	CodeNotSubscribed      = "NOT_SUBSCRIBED"
-	CodeTooManyChannels    = "TOO_MANY_CHANNELS"
-	CodeNotAvailable       = "NOT_AVAILABLE" // presence not kept on this channel
-	CodeInvalidToken       = "INVALID_TOKEN"
-	CodeMissingData        = "MISSING_DATA"
-	CodeBrokerError        = "BROKER_ERROR"
-	CodeServerBusy         = "SERVER_BUSY"
-	CodeRateLimitExceeded  = "RATE_LIMIT_EXCEEDED" // past the connection's message rate: the message was not handled
+	CodeForbidden         = "FORBIDDEN"
+	CodeAlreadySubscribed = "ALREADY_SUBSCRIBED"
+	CodeNotSubscribed     = "NOT_SUBSCRIBED"
+	CodeTooManyChannels   = "TOO_MANY_CHANNELS"
+	CodeNotAvailable      = "NOT_AVAILABLE" // presence not kept on this channel
+	CodeInvalidToken      = "INVALID_TOKEN"
+	CodeMissingData       = "MISSING_DATA"
+	CodeBrokerError       = "BROKER_ERROR"
+	CodeServerBusy        = "SERVER_BUSY"
+	CodeRateLimitExceeded = "RATE_LIMIT_EXCEEDED" // past the connection's message rate: the message was not handled
+	// CodeNotEncodable: the reply holds data the connection's encoding
+	// cannot carry (wsd.msgpack: a number beyond float64's range in a
+	// publication kept from before such data was refused at publish).
+	CodeNotEncodable       = "NOT_ENCODABLE"
 	closeCodeTokenExpired  = frame.CloseCode(4001)
 	closeReasonTokenExpire = "token expired"
 )
@@ -305,14 +309,18 @@ func (h *Handler) subscribe(c engine.Conn, cl *hub.Client, in *Inbound) {
 			w.Bool(res.Recovered)
 		}
 	})
-	// The missed publications follow the ack, before any live one.
+	// The missed publications follow the ack, before any live one. One
+	// the connection's encoding cannot carry (kept from before such data
+	// was refused at publish; counted by the engine as an encode failure)
+	// is skipped as its live delivery would be: the ones after it are
+	// still owed, and the member's filter would skip them live.
 	if len(res.Replayed) > 0 {
 		w := writers.Get().(*replyWriter)
 		for i := range res.Replayed {
 			p := &res.Replayed[i]
 			w.Buffer.Buf = hub.AppendMessage(w.Buffer.Buf[:0], in.Channel, p.Offset, res.Position.Epoch, p.Data)
-			if send(c, w, false) != nil {
-				return
+			if err := send(c, w, false); err != nil && !errors.Is(err, engine.ErrEncode) {
+				return // the connection is going: nothing more reaches it
 			}
 			w = writers.Get().(*replyWriter)
 		}
@@ -466,6 +474,8 @@ func ErrorCode(err error) (code, message string) {
 		return CodeServerBusy, "the server is shutting down; retry on another node"
 	case errors.Is(err, broker.ErrTooManyChannels), errors.Is(err, hub.ErrTooManyChannels):
 		return CodeTooManyChannels, "the server keeps too many channels; retry later"
+	case errors.Is(err, hub.ErrInvalidData):
+		return CodeInvalidMessageFormat, err.Error()
 	}
 	return CodeBrokerError, "the message bus failed; retry"
 }
@@ -484,7 +494,11 @@ func (h *Handler) ack(c engine.Conn, in *Inbound, more func(*jwriter.Writer)) {
 	}
 	more(&w.Writer)
 	w.RawByte('}')
-	_ = send(c, w, false)
+	if errors.Is(send(c, w, false), engine.ErrEncode) {
+		// A request is always answered: a reply the connection's
+		// encoding cannot carry becomes an error with the request's id.
+		sendError(c, in.ID, CodeNotEncodable, "the reply holds data this connection's encoding cannot carry (a number beyond float64's range); read it over wsd.json or the HTTP API")
+	}
 }
 
 func writePosition(w *jwriter.Writer, p broker.Position) {

@@ -15,8 +15,15 @@
 //     float (float32 when that holds the value exactly, else float64). A
 //     float written as JSON always has a '.' or an exponent, so it comes back
 //     as a float: 5.0 stays 5.0, not 5.
-//   - string ⇄ str (valid UTF-8 only), array ⇄ array, object ⇄ map whose
-//     keys are all str.
+//   - string ⇄ str (valid UTF-8 only, both ways: encoding/json's
+//     json.Valid does not check it, ToMsgpack does), array ⇄ array,
+//     object ⇄ map whose keys are all str.
+//   - JSON -0 is an integer, and becomes MessagePack's integer 0 (no sign:
+//     as JSON.stringify(-0) gives "0"); -0.0 stays a float.
+//
+// Refused from JSON (ToMsgpack, Check): strings that are not UTF-8 and
+// numbers beyond float64's range (1e400), which MessagePack could carry
+// only as an infinity, with no way back to JSON.
 //
 // Refused from a peer, because JSON has no way to say them: bin and ext
 // values (timestamps included), non-string map keys, NaN and infinities,
@@ -52,7 +59,7 @@ var (
 	ErrType     = errors.New("MessagePack bin and ext values cannot be carried (wsd's data is JSON): send str, numbers, arrays and maps")
 	ErrKey      = errors.New("MessagePack map keys must be str")
 	ErrFloat    = errors.New("NaN and infinities cannot be carried")
-	ErrUTF8     = errors.New("a MessagePack str is not valid UTF-8")
+	ErrUTF8     = errors.New("a string is not valid UTF-8")
 	ErrDepth    = errors.New("arrays and maps nested too deep")
 	ErrMsgpack  = errors.New("not a complete MessagePack value")
 	ErrTrailing = errors.New("bytes after the MessagePack value")
@@ -295,6 +302,12 @@ func ToMsgpack(dst, src []byte) ([]byte, error) {
 	if !json.Valid(src) {
 		return dst, ErrJSON
 	}
+	// json.Valid does not check UTF-8, and a str is UTF-8 by definition
+	// (ToJSON refuses one that is not): outside strings valid JSON is
+	// ASCII, so checking the whole is checking every string.
+	if !utf8.Valid(src) {
+		return dst, ErrUTF8
+	}
 	s := getScratch()
 	defer putScratch(s)
 	if err := s.count(src); err != nil {
@@ -331,6 +344,49 @@ func ToMsgpack(dst, src []byte) ([]byte, error) {
 		}
 	}
 	return dst, nil
+}
+
+// Check reports whether ToMsgpack can carry src, which must be valid JSON
+// (the caller has checked it): nil, or the error ToMsgpack would return.
+// Valid JSON that MessagePack cannot carry is JSON that is not UTF-8
+// (ErrUTF8: encoding/json does not check it) and a number beyond
+// float64's range (ErrRange). It is for where data enters (a
+// publication), so that what JSON clients may send every MessagePack
+// client can receive: no allocation, and only numbers with an exponent or
+// more than 20 characters are parsed (no shorter one can pass float64's
+// range).
+func Check(src []byte) error {
+	if !utf8.Valid(src) {
+		return ErrUTF8
+	}
+	for i := 0; i < len(src); i++ {
+		switch c := src[i]; {
+		case c == '"':
+			j, err := stringEnd(src, i)
+			if err != nil {
+				return ErrJSON
+			}
+			i = j - 1
+		case c == '-' || c >= '0' && c <= '9':
+			j, exp := i, false
+			for ; j < len(src); j++ {
+				c := src[j]
+				if c == 'e' || c == 'E' {
+					exp = true
+				} else if !(c >= '0' && c <= '9' || c == '-' || c == '+' || c == '.') {
+					break
+				}
+			}
+			if exp || j-i > 20 {
+				num := unsafe.String(unsafe.SliceData(src[i:j]), j-i) // read, never kept
+				if _, err := strconv.ParseFloat(num, 64); err != nil {
+					return ErrRange
+				}
+			}
+			i = j - 1
+		}
+	}
+	return nil
 }
 
 // count fills s.counts with the number of elements of each container of

@@ -17,7 +17,7 @@ import (
 // gives back (empty: the same bytes).
 var samples = []struct{ in, back string }{
 	{`null`, ``}, {`true`, ``}, {`false`, ``},
-	{`0`, ``}, {`-1`, ``}, {`127`, ``}, {`128`, ``}, {`-33`, ``}, {`65536`, ``},
+	{`0`, ``}, {`-0`, `0`}, {`-0.0`, ``}, {`-1`, ``}, // -0: an integer, and MessagePack's have no sign (JSON.stringify(-0) is "0" too) {`127`, ``}, {`128`, ``}, {`-33`, ``}, {`65536`, ``},
 	{`18446744073709551615`, ``}, {`-9223372036854775808`, ``},
 	{`18446744073709551616`, `1.8446744073709552e+19`}, // past uint64: a float
 	{`1.5`, ``}, {`5.0`, ``}, {`-0.25`, ``}, {`1e21`, `1e+21`}, {`0.1`, ``}, {`1E2`, `100.0`},
@@ -183,6 +183,79 @@ func TestToMsgpackRefusesInvalidJSON(t *testing.T) {
 	}
 }
 
+// TestCheck: Check refuses exactly the valid JSON that ToMsgpack refuses,
+// with the same error: numbers past float64's range, wherever they are
+// and however they are written.
+func TestCheck(t *testing.T) {
+	refused := []string{`1e400`, `-1e400`, `1E+309`, `[0,{"a":[1e400]}]`, `{"n":-2.5e999}`,
+		strings.Repeat("9", 400), "-" + strings.Repeat("1", 310), "0." + strings.Repeat("0", 400) + "1e800"}
+	carried := []string{`1e308`, `-1.7976931348623157e308`, `1e-400`, `"1e400"`, `{"1e400":"x"}`,
+		`"\"1e400"`, strings.Repeat("9", 300) + ".5", strings.Repeat("9", 30), "0." + strings.Repeat("0", 400) + "1",
+		`[true,false,null,-0,0.5E-3]`}
+	for _, s := range samples {
+		carried = append(carried, s.in)
+	}
+	for _, in := range refused {
+		if _, err := ToMsgpack(nil, []byte(in)); !errors.Is(err, ErrRange) {
+			t.Fatalf("ToMsgpack(%.40s): %v, the test expects ErrRange", in, err)
+		}
+		if err := Check([]byte(in)); !errors.Is(err, ErrRange) {
+			t.Errorf("Check(%.40s): %v, want ErrRange", in, err)
+		}
+	}
+	for _, in := range carried {
+		if _, err := ToMsgpack(nil, []byte(in)); err != nil {
+			t.Fatalf("ToMsgpack(%.40s): %v, the test expects it carried", in, err)
+		}
+		if err := Check([]byte(in)); err != nil {
+			t.Errorf("Check(%.40s): %v, want nil", in, err)
+		}
+	}
+}
+
+// TestToMsgpackRefusesInvalidUTF8: json.Valid does not check UTF-8, and a
+// str is UTF-8 by MessagePack's definition (ToJSON refuses one that is
+// not): a JSON string that is not UTF-8, escaped or not, key or value, is
+// refused, by Check too. (It went into str as it was.)
+func TestToMsgpackRefusesInvalidUTF8(t *testing.T) {
+	for _, in := range []string{"\"\xe9\"", "{\"a\":\"x\xe9y\"}", "{\"\xff\":1}", "[\"\\n\xc3\"]", "\"\xed\xa0\x80\"", "\"\xf4\x90\x80\x80\""} {
+		if !json.Valid([]byte(in)) {
+			t.Fatalf("%q: not valid JSON to encoding/json; the test wants what it passes", in)
+		}
+		if out, err := ToMsgpack(nil, []byte(in)); !errors.Is(err, ErrUTF8) {
+			t.Errorf("ToMsgpack(%q): %x, %v; want ErrUTF8", in, out, err)
+		}
+		if err := Check([]byte(in)); !errors.Is(err, ErrUTF8) {
+			t.Errorf("Check(%q): %v; want ErrUTF8", in, err)
+		}
+	}
+}
+
+// FuzzToMsgpack: valid JSON is either refused by ToMsgpack, as Check
+// says, or written as MessagePack that ToJSON reads back.
+func FuzzToMsgpack(f *testing.F) {
+	for _, s := range samples {
+		f.Add([]byte(s.in))
+	}
+	f.Add([]byte("\"\xe9\""))
+	f.Add([]byte(`[1e400]`))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		if !json.Valid(in) {
+			return
+		}
+		mp, err := ToMsgpack(nil, in)
+		if cerr := Check(in); !errors.Is(cerr, err) && (err != nil || cerr != nil) {
+			t.Fatalf("%q: ToMsgpack %v, Check %v", in, err, cerr)
+		}
+		if err != nil {
+			return
+		}
+		if _, err := ToJSON(nil, mp, 1<<30); err != nil {
+			t.Fatalf("%q → %x, which ToJSON refuses: %v", in, mp, err)
+		}
+	})
+}
+
 func TestZeroAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("allocation counts are not meaningful under the race detector; make test runs this without it")
@@ -198,6 +271,10 @@ func TestZeroAllocs(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(200, func() { out, _ = ToJSON(out[:0], mp, 1<<20) }); n != 0 {
 		t.Errorf("ToJSON: %v allocs", n)
+	}
+	big := []byte(`[1.5e300,` + strings.Repeat("7", 40) + `]`) // both parsed
+	if n := testing.AllocsPerRun(200, func() { _ = Check(js); _ = Check(big) }); n != 0 {
+		t.Errorf("Check: %v allocs", n)
 	}
 }
 
