@@ -97,7 +97,8 @@ type RedisOptions struct {
 // it keeps the stream's meta key at least StreamIdle from expiring, as
 // Memory keeps a subscribed stream. A stream that expires or is lost
 // (Redis restarted without persistence, its keys evicted) starts a new
-// epoch at its next publication.
+// epoch at its next publication; one that went back within its epoch is
+// given a new one by the subscribed nodes (below).
 //
 // Delivery contract (what Broker promises, and how):
 //
@@ -122,6 +123,25 @@ type RedisOptions struct {
 //     or age, or lost with Redis) is skipped: the Handler then sees a jump
 //     in offsets or a new epoch, and clients recover through History or are
 //     told they cannot (ErrUnrecoverable).
+//   - Redis going back: a Redis that restarts from a snapshot older than
+//     what it answered (RDB, an append-only file fsynced every second) or
+//     fails over to a replica that lagged keeps a channel's epoch with an
+//     older offset, and its next publications reuse offsets that were
+//     already delivered. A subscribed node notices it (Redis's offset below
+//     the one it delivered when it reads history, after a reconnection or
+//     for a gap; history holding another publication at that offset; a
+//     message at an offset it delivered with a later time) and gives the
+//     stream a new epoch (newEpochScript, only if it is still at the old
+//     one), dropping the old epoch's history: its subscribers get
+//     HandleEpoch, and clients holding positions of the old epoch are told
+//     they cannot recover (recovered:false) rather than silently missing
+//     the publications that reused the offsets (those are lost to them).
+//     A node that only publishes cannot tell (it does not know the offset
+//     before), and publications that reused offsets before a subscribed
+//     node looked and are no longer in history (no history, or trimmed)
+//     leave no trace. Exactly-once across a Redis restart therefore needs
+//     Redis to lose nothing it answered: appendonly yes with appendfsync
+//     always, and no asynchronous failover.
 //   - Presence events (join, leave) travel on the same pub/sub channel;
 //     like presence writes they are queued and sent by one goroutine (the
 //     hub calls them from event loops, which must not wait for Redis), so
@@ -227,6 +247,8 @@ type RedisStats struct {
 	Skipped      atomic.Uint64 // publications lost to a gap history could not fill
 	Reconnects   atomic.Uint64 // pub/sub connections made after the first
 	NewEpochs    atomic.Uint64 // subscribed channels seen starting a new epoch
+	Rollbacks    atomic.Uint64 // streams seen gone back in their epoch, given a new one
+	Stale        atomic.Uint64 // pub/sub messages of an epoch no longer current
 	BadMessages  atomic.Uint64 // pub/sub messages that did not parse
 	OpErrors     atomic.Uint64 // queued presence writes and events Redis did not take
 	DroppedLocal atomic.Uint64 // messages of channels the node no longer subscribes to

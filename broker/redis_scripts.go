@@ -101,6 +101,26 @@ end
 return out
 `)
 
+// newEpochScript: KEYS meta, stream; ARGV the epoch a node found behind
+// what it delivered, a new epoch. Returns {offset, epoch} after it, {0, ""}
+// without a stream.
+//
+// A stream whose offset went back within its epoch (Redis restarted from
+// an older snapshot, or failed over to a lagging replica) has lost
+// publications, and the next ones reuse their offsets: positions held of
+// that epoch would recover the wrong publications. It gets the new epoch,
+// from offset 0, and its history (the old epoch's) is dropped; only if it
+// is still at the old epoch, so that the nodes that see it at once agree
+// on one new epoch (the others find it here).
+var newEpochScript = rueidis.NewLuaScript(`
+local m = redis.call('HMGET', KEYS[1], 'o', 'e')
+if not m[1] then return {0, ''} end
+if m[2] ~= ARGV[1] then return {tonumber(m[1]), m[2]} end
+redis.call('HSET', KEYS[1], 'e', ARGV[2], 'o', 0)
+redis.call('DEL', KEYS[2])
+return {0, ARGV[2]}
+`)
+
 // positionScript: KEYS meta. Returns {offset, epoch}, {0, ""} without a
 // stream.
 var positionScript = rueidis.NewLuaScriptReadOnly(`

@@ -622,3 +622,155 @@ func TestRedisOpQueue(t *testing.T) {
 		t.Fatalf("push after the queue drained: %v", err)
 	}
 }
+
+// epochRecorder is a recorder that also records HandleEpoch, as an event
+// of kind "epoch".
+type epochRecorder struct{ recorder }
+
+func (r *epochRecorder) HandleEpoch(channel string, pos Position) {
+	r.mu.Lock()
+	r.events = append(r.events, event{kind: "epoch", channel: channel, epoch: pos.Epoch})
+	r.mu.Unlock()
+}
+
+// publishRetry publishes until Redis answers (it is coming back).
+func publishRetry(t testing.TB, r *Redis, ch, data string, opts ChannelOptions) Position {
+	t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for {
+		p, err := r.Publish(ch, []byte(data), opts)
+		if err == nil {
+			return p
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("publish %q: %v", data, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestRedisRollbackStartsNewEpoch: Redis restarts from a snapshot older
+// than what a node delivered (RDB, AOF everysec, a failover to a lagging
+// replica), so the stream is back at an older offset of the same epoch.
+// The node must not take the publications that reuse the lost offsets for
+// duplicates: it gives the stream a new epoch (its subscribers' positions
+// are worthless: they are told, not left missing publications) and
+// delivers from it.
+func TestRedisRollbackStartsNewEpoch(t *testing.T) {
+	srv := redistest.Start(t)
+	rec := &epochRecorder{}
+	sub := newTestRedis(t, srv, rec, nil)
+	pubr := newTestRedis(t, srv, nil, nil)
+	if err := sub.Subscribe("c"); err != nil {
+		t.Fatal(err)
+	}
+	opts := ChannelOptions{HistorySize: 100}
+	for i := 1; i <= 6; i++ {
+		if _, err := pubr.Publish("c", []byte(strconv.Itoa(i)), opts); err != nil {
+			t.Fatal(err)
+		}
+		if i == 3 {
+			if r, err := srv.Do("SAVE"); err != nil || r != "+OK" {
+				t.Fatalf("SAVE: %q %v", r, err)
+			}
+		}
+	}
+	ev := waitEvents(t, &rec.recorder, 6)
+	old := Position{Offset: 6, Epoch: ev[5].epoch}
+	srv.Stop()
+	srv.Restart() // from the snapshot: offset 3 of the same epoch
+	// The node resynchronizes, finds Redis behind what it delivered.
+	ev = waitEvents(t, &rec.recorder, 1)
+	if len(ev) != 1 || ev[0].kind != "epoch" || ev[0].epoch == "" || ev[0].epoch == old.Epoch {
+		t.Fatalf("after Redis came back behind the node: %+v, want a new epoch (old %q)", ev, old.Epoch)
+	}
+	epoch := ev[0].epoch
+	p := publishRetry(t, pubr, "c", "7", opts)
+	if p != (Position{Offset: 1, Epoch: epoch}) {
+		t.Fatalf("publication after the rollback at %+v, want offset 1 of %q", p, epoch)
+	}
+	ev = waitEvents(t, &rec.recorder, 1)
+	if len(ev) != 1 || ev[0].kind != "pub" || ev[0].offset != 1 || ev[0].epoch != epoch || ev[0].data != "7" {
+		t.Fatalf("delivered after the rollback: %+v", ev)
+	}
+	for _, since := range []Position{old, {Offset: 3, Epoch: old.Epoch}} {
+		if _, _, err := pubr.History("c", &since, 0); err != ErrUnrecoverable {
+			t.Fatalf("recovery from %+v of the rolled-back epoch: %v", since, err)
+		}
+	}
+	if pubs, pos, err := pubr.History("c", nil, 0); err != nil || len(pubs) != 1 || string(pubs[0].Data) != "7" || pos != p {
+		t.Fatalf("history of the new epoch: %+v %+v %v", pubs, pos, err)
+	}
+}
+
+// TestRedisRollbackSeenInPublications: Redis went back (as in
+// TestRedisRollbackStartsNewEpoch) and publications reused the lost
+// offsets before the node looked: a node learns it from a publication
+// that reuses an offset it delivered (a later time than the one it
+// delivered there), or, filling a gap, from history holding another
+// publication at its last offset. Either way a new epoch, and a message
+// of the old epoch still queued does not switch the node back.
+func TestRedisRollbackSeenInPublications(t *testing.T) {
+	for _, viaGap := range []bool{false, true} {
+		t.Run(fmt.Sprintf("viaGap=%v", viaGap), func(t *testing.T) {
+			srv := redistest.Start(t)
+			rec := &epochRecorder{}
+			sub := newTestRedis(t, srv, rec, nil)
+			pubr := newTestRedis(t, srv, nil, nil)
+			if err := sub.Subscribe("c"); err != nil {
+				t.Fatal(err)
+			}
+			opts := ChannelOptions{HistorySize: 100}
+			for i := 1; i <= 6; i++ {
+				if _, err := pubr.Publish("c", []byte(strconv.Itoa(i)), opts); err != nil {
+					t.Fatal(err)
+				}
+			}
+			old := Position{Offset: 6, Epoch: waitEvents(t, &rec.recorder, 6)[5].epoch}
+			// Redis loses 4..6, the node's connection staying up.
+			for _, cmd := range [][]string{{"XTRIM", "t:h:{c}", "MAXLEN", "3"}, {"HSET", "t:m:{c}", "o", "3"}} {
+				if _, err := srv.Do(cmd...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// The new publications are at a later millisecond than the lost 6.
+			time.Sleep(5 * time.Millisecond)
+			if viaGap {
+				// 4..7 of the rolled-back stream never reach the node (sent
+				// on another pub/sub channel); 8 shows it a gap.
+				for i := 4; i <= 7; i++ {
+					ctx, cancel := pubr.ctx()
+					err := publishScript.Exec(ctx, pubr.client, []string{pubr.metaKey("c"), pubr.streamKey("c"), "t:c:{elsewhere}"},
+						[]string{"new" + strconv.Itoa(i), "100", "0", "xxxxxxxx", "0", "SPUBLISH"}).Error()
+					cancel()
+					if err != nil {
+						t.Fatal(err)
+					}
+				}
+				_, _ = pubr.Publish("c", []byte("new8"), opts)
+			} else {
+				_, _ = pubr.Publish("c", []byte("new4"), opts)
+			}
+			ev := waitEvents(t, &rec.recorder, 1)
+			if len(ev) != 1 || ev[0].kind != "epoch" || ev[0].epoch == "" || ev[0].epoch == old.Epoch {
+				t.Fatalf("after publications reused lost offsets: %+v, want a new epoch (old %q)", ev, old.Epoch)
+			}
+			epoch := ev[0].epoch
+			// A message of the old epoch still queued: not a new epoch.
+			if _, err := srv.Do("SPUBLISH", "t:c:{c}", fmt.Sprintf("p9 %d %s stale", time.Now().UnixMilli(), old.Epoch)); err != nil {
+				t.Fatal(err)
+			}
+			p, err := pubr.Publish("c", []byte("next"), opts)
+			if err != nil || p != (Position{Offset: 1, Epoch: epoch}) {
+				t.Fatalf("publication after the new epoch: %+v %v, want offset 1 of %q", p, err, epoch)
+			}
+			ev = waitEvents(t, &rec.recorder, 1)
+			if len(ev) != 1 || ev[0].kind != "pub" || ev[0].offset != 1 || ev[0].epoch != epoch || ev[0].data != "next" {
+				t.Fatalf("delivered after the new epoch: %+v", ev)
+			}
+			if _, _, err := pubr.History("c", &old, 0); err != ErrUnrecoverable {
+				t.Fatalf("recovery from the rolled-back epoch: %v", err)
+			}
+		})
+	}
+}
