@@ -56,7 +56,8 @@ return {o, e, ms}
 // With a byte budget only the oldest of those entries are returned, as
 // many as fit in it (at least one), so a reader can page through a long
 // gap in order. Entries at or before cutoff are past the channel's history
-// TTL (the caller drops them). No meta key: {0, "", 0}.
+// TTL (not trimmed yet: no publish since they aged) and are not returned.
+// No meta key: {0, "", 0}.
 var historyScript = rueidis.NewLuaScriptReadOnly(`
 local m = redis.call('HMGET', KEYS[1], 'o', 'e', 't')
 if not m[1] then return {0, '', 0} end
@@ -83,16 +84,25 @@ if n > 0 then
 else
   ents = redis.call('XREVRANGE', KEYS[2], '+', '-')
 end
+-- Entries past the TTL are the oldest (ids carry the time): left out
+-- before the budget picks the oldest, or a page of them alone would hide
+-- the retained ones after them from a reader paging through a gap.
+local last = #ents
+if cut > 0 then
+  while last > 0 and tonumber(string.match(ents[last][1], '^(%d+)')) <= cut do
+    last = last - 1
+  end
+end
 local j = 1
-if budget > 0 and #ents > 0 then
-  j = #ents
+if budget > 0 and last > 0 then
+  j = last
   local total = #ents[j][2][4]
   while j > 1 and total + #ents[j - 1][2][4] <= budget do
     j = j - 1
     total = total + #ents[j][2][4]
   end
 end
-for i = j, #ents do
+for i = j, last do
   local x = ents[i]
   out[#out + 1] = x[1]
   out[#out + 1] = x[2][2]

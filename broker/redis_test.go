@@ -774,3 +774,51 @@ func TestRedisRollbackSeenInPublications(t *testing.T) {
 		})
 	}
 }
+
+// TestRedisFillPastExpiredPage: a gap longer than one page of history
+// whose oldest entries are past the history TTL but not trimmed yet (no
+// publish since they aged) while newer ones are retained: the node
+// delivers the retained ones, not skipping them for the expired page.
+func TestRedisFillPastExpiredPage(t *testing.T) {
+	srv := redistest.Start(t)
+	rec := &recorder{}
+	a := newTestRedis(t, srv, rec, nil)
+	a.fillBudget = 3 // pages of three one-byte publications
+	// A stream at offset 0 of epoch E with a 5 s history TTL, so that the
+	// node subscribes at (E, 0).
+	do := func(args ...string) {
+		t.Helper()
+		if r, err := srv.Do(args...); err != nil || strings.HasPrefix(r, "-") {
+			t.Fatalf("%v: %q %v", args, r, err)
+		}
+	}
+	do("HSET", "t:m:{c}", "o", "0", "e", "epochE00", "t", "5000")
+	if err := a.Subscribe("c"); err != nil {
+		t.Fatal(err)
+	}
+	// Then, unseen by the node (no pub/sub message): 1..5 ten seconds old
+	// (explicit stream ids), 6..10 now.
+	old := time.Now().Add(-10 * time.Second).UnixMilli()
+	for i := 1; i <= 10; i++ {
+		id := "*"
+		if i <= 5 {
+			id = fmt.Sprintf("%d-%d", old, i)
+		}
+		do("XADD", "t:h:{c}", id, "o", strconv.Itoa(i), "d", strconv.Itoa(i%10))
+	}
+	do("HSET", "t:m:{c}", "o", "10")
+	if pubs, _, err := a.History("c", nil, 0); err != nil || len(pubs) != 5 || pubs[0].Offset != 6 {
+		t.Fatalf("history retains %+v %v, want 6..10", pubs, err)
+	}
+	// The node's pub/sub connection breaks: it resynchronizes from (E, 0).
+	do("CLIENT", "KILL", "TYPE", "pubsub")
+	ev := waitEvents(t, rec, 5)
+	for i, e := range ev {
+		if e.offset != uint64(6+i) {
+			t.Fatalf("delivered %+v, want 6..10", ev)
+		}
+	}
+	if n := a.Stats().Skipped.Load(); n != 5 {
+		t.Fatalf("%d skipped, want 5 (1..5, past the TTL)", n)
+	}
+}
