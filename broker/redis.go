@@ -148,9 +148,12 @@ type RedisOptions struct {
 //     they reach other nodes in the order this node made them but not in
 //     order with its publications. They are not kept: those sent while the
 //     connection was down are lost.
-//   - Ready reports whether the pub/sub connection is up; Subscribe fails
-//     while it is not (ErrRedisUnavailable); Publish, History and Presence
-//     fail as long as Redis does not answer; queued presence writes and
+//   - Ready reports whether the pub/sub connection is up; Subscribe,
+//     History and Presence (called on event loops) fail at once while it
+//     is not (ErrRedisUnavailable), and the commands they send are sent
+//     once, not retried by rueidis until the timeout; Publish fails as
+//     long as Redis does not answer (it is never retried: a retry could
+//     publish twice); queued presence writes and
 //     events that Redis does not take are counted and dropped (the node's
 //     own entries are written again by the next refresh). NodePosition
 //     keeps answering from the node's state, so a channel the node carries

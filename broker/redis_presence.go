@@ -134,6 +134,11 @@ func (r *Redis) Presence(channel string) ([]ClientInfo, error) {
 	if r.closed.Load() {
 		return nil, ErrClosed
 	}
+	// Called on event loops: with the pub/sub connection down, fail at
+	// once rather than wait for queued writes Redis will not take.
+	if err := r.Ready(); err != nil {
+		return nil, fmt.Errorf("broker: redis presence of %q: %w", channel, err)
+	}
 	// This node's own writes queued before the read are in it.
 	r.ops.waitQueued(r.timeout)
 	vals, err := r.setRead(r.presenceKeys(channel), r.opts.MaxPresence)

@@ -91,7 +91,7 @@ func (r *Redis) Subscribe(channel string) error {
 	// the subscribe itself: rueidis reads its confirmation on the goroutine
 	// that runs the message handlers, which may be waiting for s.mu.
 	s.mu.Lock()
-	pos, err := r.position(channel)
+	pos, err := r.position(channel, true)
 	if err == nil {
 		s.epoch, s.off, s.ready = pos.Epoch, pos.Offset, true
 	}
@@ -349,7 +349,7 @@ func (r *Redis) deliver(s *redisSub, h Handler, pub Publication, epoch string) {
 		// Only an epoch Redis says is current: a message of an older one
 		// can still be queued after fill (or a node's new epoch) moved s
 		// past it, and would take s back to a stream that is gone.
-		pos, err := r.position(s.name)
+		pos, err := r.position(s.name, false)
 		switch {
 		case err != nil:
 			// Redis does not answer (the connection is likely going
@@ -415,7 +415,7 @@ func (r *Redis) fill(s *redisSub, upto uint64) {
 		if check {
 			since--
 		}
-		pos, cut, pubs, err := r.readHistory(s.name, int64(since), 0, r.fillBudget, s.epoch)
+		pos, cut, pubs, err := r.readHistory(s.name, int64(since), 0, r.fillBudget, s.epoch, false)
 		if err != nil {
 			r.log.Warn("broker: redis: cannot read history to fill a gap", "channel", s.name, "err", err)
 			return

@@ -1,6 +1,11 @@
 package broker
 
-import "github.com/redis/rueidis"
+import (
+	"crypto/sha1"
+	"encoding/hex"
+
+	"github.com/redis/rueidis"
+)
 
 // The Redis broker's Lua scripts. Each runs atomically in Redis, so a
 // publication's offset, its place in history, its key expiry and its
@@ -58,7 +63,7 @@ return {o, e, ms}
 // gap in order. Entries at or before cutoff are past the channel's history
 // TTL (not trimmed yet: no publish since they aged) and are not returned.
 // No meta key: {0, "", 0}.
-var historyScript = rueidis.NewLuaScriptReadOnly(`
+const historySrc = `
 local m = redis.call('HMGET', KEYS[1], 'o', 'e', 't')
 if not m[1] then return {0, '', 0} end
 local off = tonumber(m[1])
@@ -109,7 +114,18 @@ for i = j, last do
   out[#out + 1] = x[2][4]
 end
 return out
-`)
+`
+
+var historyScript = rueidis.NewLuaScriptReadOnly(historySrc)
+
+// historyScriptOnce and positionScriptOnce are historyScript and
+// positionScript for the calls made on event loops (History, Subscribe):
+// rueidis retries a read-only command on a network error until its
+// context's deadline, which with Redis away would hold the loop for the
+// whole timeout. Not marked read-only, they are sent once. (The pub/sub
+// goroutine's reads keep the retries: a resync meeting a Redis still
+// loading its data waits for it rather than leave a gap.)
+var historyScriptOnce = rueidis.NewLuaScript(historySrc)
 
 // newEpochScript: KEYS meta, stream; ARGV the epoch a node found behind
 // what it delivered, a new epoch. Returns {offset, epoch} after it, {0, ""}
@@ -133,18 +149,23 @@ return {0, ARGV[2]}
 
 // positionScript: KEYS meta. Returns {offset, epoch}, {0, ""} without a
 // stream.
-var positionScript = rueidis.NewLuaScriptReadOnly(`
+const positionSrc = `
 local m = redis.call('HMGET', KEYS[1], 'o', 'e')
 if not m[1] then return {0, ''} end
 return {tonumber(m[1]), m[2]}
-`)
+`
+
+var (
+	positionScript     = rueidis.NewLuaScriptReadOnly(positionSrc)
+	positionScriptOnce = rueidis.NewLuaScript(positionSrc)
+)
 
 // setAddScript keeps an entry in an expiring set (presence, the node
 // registry): a hash of member → value and a sorted set of member → expiry
 // (Redis time, ms). KEYS hash, zset; ARGV ttl (ms), then member, value
 // pairs. Both keys live twice the ttl past the last add, so a set whose
 // writers all died goes away.
-var setAddScript = rueidis.NewLuaScript(`
+const setAddSrc = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
@@ -155,7 +176,12 @@ end
 redis.call('PEXPIRE', KEYS[1], 2 * ttl)
 redis.call('PEXPIRE', KEYS[2], 2 * ttl)
 return 1
-`)
+`
+
+var (
+	setAddScript = rueidis.NewLuaScript(setAddSrc)
+	setAddSha    = sha1Hex(setAddSrc)
+)
 
 // setReadScript: KEYS hash, zset; ARGV limit. Drops the expired members
 // and returns the values of the live ones (at most limit).
@@ -190,3 +216,9 @@ local idle = tonumber(ARGV[1])
 if t >= 0 and t < idle then redis.call('PEXPIRE', KEYS[1], idle) end
 return 1
 `)
+
+// sha1Hex is a script's SHA-1, as EVALSHA names it.
+func sha1Hex(src string) string {
+	h := sha1.Sum([]byte(src))
+	return hex.EncodeToString(h[:])
+}

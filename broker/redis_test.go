@@ -450,6 +450,11 @@ func TestRedisPresence(t *testing.T) {
 	a := newTestRedis(t, srv, nil, mod)
 	b := newTestRedis(t, srv, nil, mod)
 	infoA := ClientInfo{Client: "a-1", User: "u1", Info: []byte(`{"x":1}`)}
+	// Presence writes name the script by its SHA-1 first: Redis not
+	// knowing it yet (a restart forgets scripts) must not lose them.
+	if _, err := srv.Do("SCRIPT", "FLUSH"); err != nil {
+		t.Fatal(err)
+	}
 	if err := a.AddPresence("c", infoA); err != nil {
 		t.Fatal(err)
 	}
@@ -821,4 +826,63 @@ func TestRedisFillPastExpiredPage(t *testing.T) {
 	if n := a.Stats().Skipped.Load(); n != 5 {
 		t.Fatalf("%d skipped, want 5 (1..5, past the TTL)", n)
 	}
+}
+
+// TestRedisOutageFailsFast: History and Presence are called on event
+// loops (client requests, recoveries): with Redis away they return an
+// error at once instead of holding the loop until the command timeout
+// (rueidis retries read-only commands until then). The bound is half the
+// timeout, far above what a prompt answer takes even on a loaded machine.
+func TestRedisOutageFailsFast(t *testing.T) {
+	srv := redistest.Start(t)
+	const timeout = 10 * time.Second
+	a := newTestRedis(t, srv, nil, func(o *RedisOptions) { o.Timeout = timeout })
+	opts := ChannelOptions{HistorySize: 10}
+	p, err := a.Publish("c", []byte("1"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := []struct {
+		name string
+		call func() error
+	}{
+		{"History", func() error { _, _, err := a.History("c", nil, 0); return err }},
+		{"History since", func() error { _, _, err := a.History("c", &p, 0); return err }},
+		{"Presence", func() error { _, err := a.Presence("c"); return err }},
+	}
+	check := func(when string, kind error) {
+		t.Helper()
+		for _, c := range calls {
+			t0 := time.Now()
+			err := c.call()
+			d := time.Since(t0)
+			t.Logf("%s %s: %v after %v", when, c.name, err, d)
+			if err == nil || (kind != nil && !errors.Is(err, kind)) {
+				t.Fatalf("%s %s: error %v, want %v", when, c.name, err, kind)
+			}
+			if d > timeout/2 {
+				t.Fatalf("%s %s took %v (timeout %v): the loop would be held", when, c.name, d, timeout)
+			}
+		}
+	}
+	srv.Stop()
+	// Whether or not the node has noticed yet: an error, promptly.
+	check("Redis just stopped", nil)
+	deadline := time.Now().Add(waitFor)
+	for a.Ready() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("still ready with Redis stopped")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_ = a.AddPresence("c", ClientInfo{Client: "x"}) // queued: Presence waits for it no more
+	check("the node knows Redis is away", ErrRedisUnavailable)
+	// A node that has not noticed yet (a Redis that stops answering
+	// without closing connections is noticed only by a timeout): the
+	// commands go to Redis, and are sent once, not retried until the
+	// timeout. (Only Redis coming back would set ready again: it stays
+	// away.)
+	a.ready.Store(true)
+	check("the node has not noticed", nil)
+	a.ready.Store(false)
 }
