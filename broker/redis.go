@@ -194,6 +194,9 @@ type Redis struct {
 
 	presence localPresence
 	ops      opQueue
+	// refreshQueued: an opRefresh waits in ops (presenceLoop queues one
+	// at a time).
+	refreshQueued atomic.Bool
 
 	life    sync.Mutex
 	running bool

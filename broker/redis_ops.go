@@ -39,6 +39,12 @@ const (
 	opRemove
 	opJoin
 	opLeave
+	// opRefresh writes every entry the node has in presence again (see
+	// presenceLoop). In the queue, it is ordered with the adds and
+	// removals: it reads the node's entries when its turn comes, so a
+	// removal queued after that read is sent after the refresh's writes,
+	// and one queued before it has left the node's entries already.
+	opRefresh
 )
 
 type redisOp struct {
@@ -161,9 +167,14 @@ func (r *Redis) opsLoop() {
 func (r *Redis) sendOps(batch []redisOp) {
 	ttl := r.opts.PresenceTTL
 	for len(batch) > 0 {
+		if batch[0].kind == opRefresh {
+			r.refreshPresence()
+			batch = batch[1:]
+			continue
+		}
 		n := 1
 		adds := batch[0].kind == opAdd
-		for n < len(batch) && (batch[n].kind == opAdd) == adds {
+		for n < len(batch) && batch[n].kind != opRefresh && (batch[n].kind == opAdd) == adds {
 			n++
 		}
 		part := batch[:n]

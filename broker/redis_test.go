@@ -886,3 +886,34 @@ func TestRedisOutageFailsFast(t *testing.T) {
 	check("the node has not noticed", nil)
 	a.ready.Store(false)
 }
+
+// TestRedisPresenceRefreshKeepsNoRemoved: entries removed while a refresh
+// of the node's presence is under way stay removed (the refresh writes
+// what the node had when it read it; a removal must not be overwritten by
+// a refresh that read the entry before it). Removals are spread over more
+// than a refresh period so that passes run amid them.
+func TestRedisPresenceRefreshKeepsNoRemoved(t *testing.T) {
+	srv := redistest.Start(t)
+	const ttl = 3 * time.Second // a refresh every second; entries outlive the check
+	r := newTestRedis(t, srv, nil, func(o *RedisOptions) { o.PresenceTTL = ttl })
+	const n = 3000
+	for i := range n {
+		if err := r.AddPresence("c"+strconv.Itoa(i), ClientInfo{Client: "x" + strconv.Itoa(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.ops.waitQueued(waitFor)
+	for i := range n {
+		if err := r.RemovePresence("c"+strconv.Itoa(i), "x"+strconv.Itoa(i)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(500 * time.Microsecond)
+	}
+	r.ops.waitQueued(waitFor)
+	// A refresh pass that began amid the removals has written by now.
+	time.Sleep(ttl / 3)
+	left, err := srv.Do("EVAL", "return #redis.call('KEYS', ARGV[1])", "0", "t:p:*")
+	if err != nil || left != ":0" {
+		t.Fatalf("presence hashes left after every entry was removed: %s %v", left, err)
+	}
+}
