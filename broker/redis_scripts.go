@@ -29,6 +29,10 @@ if not e then
   redis.call('HSET', KEYS[1], 'e', e)
 end
 local o = redis.call('HINCRBY', KEYS[1], 'o', 1)
+-- Numbers are doubles in Redis's Lua, and '..' writes them as %.14g
+-- (1e+14): offsets and times go into the history and the message as
+-- integers.
+local os = string.format('%d', o)
 redis.call('HSET', KEYS[1], 't', ARGV[3])
 local size = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
@@ -36,7 +40,7 @@ local kttl = tonumber(ARGV[5])
 local id = ''
 local ms
 if size > 0 then
-  id = redis.call('XADD', KEYS[2], 'MAXLEN', size, '*', 'o', o, 'd', ARGV[1])
+  id = redis.call('XADD', KEYS[2], 'MAXLEN', size, '*', 'o', os, 'd', ARGV[1])
   ms = tonumber(string.match(id, '^(%d+)'))
   if ttl > 0 then
     redis.call('XTRIM', KEYS[2], 'MINID', ms - ttl + 1)
@@ -48,7 +52,7 @@ else
   ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 if kttl > 0 then redis.call('PEXPIRE', KEYS[1], kttl) else redis.call('PERSIST', KEYS[1]) end
-redis.call(ARGV[6], KEYS[3], 'p' .. o .. ' ' .. ms .. ' ' .. e .. ' ' .. ARGV[1])
+redis.call(ARGV[6], KEYS[3], 'p' .. os .. ' ' .. string.format('%d', ms) .. ' ' .. e .. ' ' .. ARGV[1])
 return {o, e, ms}
 `)
 

@@ -917,3 +917,38 @@ func TestRedisPresenceRefreshKeepsNoRemoved(t *testing.T) {
 		t.Fatalf("presence hashes left after every entry was removed: %s %v", left, err)
 	}
 }
+
+// TestRedisLargeOffsets: offsets past 1e14 (Lua concatenates numbers as
+// %.14g: "1e+14") travel in pub/sub messages and history as integers.
+func TestRedisLargeOffsets(t *testing.T) {
+	srv := redistest.Start(t)
+	rec := &recorder{}
+	a := newTestRedis(t, srv, rec, nil)
+	const start = 100_000_000_000_000 - 2
+	if _, err := srv.Do("HSET", "t:m:{c}", "o", strconv.Itoa(start), "e", "epochE00"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Subscribe("c"); err != nil {
+		t.Fatal(err)
+	}
+	opts := ChannelOptions{HistorySize: 10}
+	for i := uint64(1); i <= 3; i++ {
+		p, err := a.Publish("c", []byte(strconv.FormatUint(i, 10)), opts)
+		if err != nil || p.Offset != start+i {
+			t.Fatalf("publish %d: %+v %v", i, p, err)
+		}
+	}
+	ev := waitEvents(t, rec, 3)
+	for i, e := range ev {
+		if e.offset != start+uint64(i)+1 || e.data != strconv.Itoa(i+1) {
+			t.Fatalf("delivered %+v", ev)
+		}
+	}
+	pubs, pos, err := a.History("c", &Position{Offset: start, Epoch: "epochE00"}, 0)
+	if err != nil || len(pubs) != 3 || pubs[2].Offset != start+3 || pos.Offset != start+3 {
+		t.Fatalf("history: %+v %+v %v", pubs, pos, err)
+	}
+	if n := a.Stats().BadMessages.Load(); n != 0 {
+		t.Fatalf("%d messages did not parse", n)
+	}
+}
