@@ -218,12 +218,18 @@ func (r *Redis) connectPubSub(first bool) error {
 			}
 		}
 	}
+	// The connection is not made the node's (r.ps) until it is subscribed
+	// to exactly the channels wanted: meanwhile Subscribe fails (the node
+	// is not ready) and Unsubscribe only forgets the channel, and the
+	// channels unsubscribed during the batches are unsubscribed here.
+	// (With r.ps set before the batches, an Unsubscribe's UNSUBSCRIBE
+	// could go before the batch that names its channel, leaving it
+	// subscribed on Redis.)
 	r.mu.Lock()
 	chans := make([]string, 0, len(r.subs))
 	for name := range r.subs {
-		chans = append(chans, r.chanKey(name))
+		chans = append(chans, name)
 	}
-	r.ps = ps
 	r.mu.Unlock()
 	disconnect := func() {
 		r.mu.Lock()
@@ -235,16 +241,48 @@ func (r *Redis) connectPubSub(first bool) error {
 		ps.Close()
 		<-wait
 	}
+	subscribed := make(map[string]struct{}, len(chans))
 	for len(chans) > 0 {
 		n := min(len(chans), subscribeBatch)
+		keys := make([]string, n)
+		for i, name := range chans[:n] {
+			keys[i] = r.chanKey(name)
+			subscribed[name] = struct{}{}
+		}
 		ctx, cancel := r.ctx()
-		err := ps.Do(ctx, r.subscribeCmd(ps, chans[:n]...)).Error()
+		err := ps.Do(ctx, r.subscribeCmd(ps, keys...)).Error()
 		cancel()
 		if err != nil {
 			disconnect()
 			return fmt.Errorf("pub/sub resubscribe: %w", err)
 		}
 		chans = chans[n:]
+	}
+	for {
+		r.mu.Lock()
+		var extra []string
+		for name := range subscribed {
+			if _, ok := r.subs[name]; !ok {
+				extra = append(extra, r.chanKey(name))
+				delete(subscribed, name)
+				if len(extra) == subscribeBatch {
+					break
+				}
+			}
+		}
+		if len(extra) == 0 {
+			r.ps = ps // under the same lock as the check: nothing in between
+			r.mu.Unlock()
+			break
+		}
+		r.mu.Unlock()
+		ctx, cancel := r.ctx()
+		err := ps.Do(ctx, r.unsubscribeCmd(ps, extra...)).Error()
+		cancel()
+		if err != nil {
+			disconnect()
+			return fmt.Errorf("pub/sub unsubscribe of channels no longer wanted: %w", err)
+		}
 	}
 	r.ready.Store(true)
 	if !first {

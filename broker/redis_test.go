@@ -952,3 +952,53 @@ func TestRedisLargeOffsets(t *testing.T) {
 		t.Fatalf("%d messages did not parse", n)
 	}
 }
+
+// TestRedisUnsubscribeDuringResubscription: channels unsubscribed while
+// the node subscribes again after a reconnection (several batches) are
+// not left subscribed on Redis, which would send the node their messages
+// for nothing until the next reconnection.
+func TestRedisUnsubscribeDuringResubscription(t *testing.T) {
+	srv := redistest.Start(t)
+	a := newTestRedis(t, srv, nil, nil)
+	const n = 6 * subscribeBatch
+	for i := range n {
+		if err := a.Subscribe("c" + strconv.Itoa(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := srv.Do("CLIENT", "KILL", "TYPE", "pubsub"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(waitFor)
+	for a.Ready() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("still ready after its pub/sub connection was killed")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// Unsubscribe everything while the node reconnects and resubscribes:
+	// from when the node resubscribes (its connection is back: some
+	// channels are subscribed on Redis again), so that some land amid the
+	// resubscription's batches.
+	for {
+		got, err := srv.Do("PUBSUB", "SHARDCHANNELS", "t:c:*")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != "*0" || a.Ready() == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the node did not resubscribe")
+		}
+	}
+	for i := range n {
+		if err := a.Unsubscribe("c" + strconv.Itoa(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitReady(t, a)
+	if got, err := srv.Do("PUBSUB", "SHARDCHANNELS", "t:c:*"); err != nil || got != "*0" {
+		t.Fatalf("channels still subscribed on Redis after every Unsubscribe: %s %v", got, err)
+	}
+}
