@@ -136,10 +136,12 @@ type RedisOptions struct {
 //     HandleEpoch, and clients holding positions of the old epoch are told
 //     they cannot recover (recovered:false) rather than silently missing
 //     the publications that reused the offsets (those are lost to them).
-//     A node that only publishes cannot tell (it does not know the offset
-//     before), and publications that reused offsets before a subscribed
-//     node looked and are no longer in history (no history, or trimmed)
-//     leave no trace. Exactly-once across a Redis restart therefore needs
+//     A publishing node that is subscribed to the channel passes the
+//     position it delivered to the publish script, which starts the new
+//     epoch itself rather than reuse an offset; a node that only publishes
+//     cannot tell, and publications that reused offsets before a
+//     subscribed node looked and are no longer in history (no history, or
+//     trimmed) leave no trace. Exactly-once across a Redis restart therefore needs
 //     Redis to lose nothing it answered: appendonly yes with appendfsync
 //     always, and no asynchronous failover.
 //   - Presence events (join, leave) travel on the same pub/sub channel;
@@ -461,6 +463,25 @@ func (r *Redis) Close() error {
 	return nil
 }
 
+// knownPosition is, if the node is subscribed to the channel, the
+// position it last delivered, for the publish script to tell a stream that
+// went back below it ("" otherwise). Publish runs on event loops: it does
+// not wait for a delivery under way (a fill may be reading Redis), it
+// passes nothing then.
+func (r *Redis) knownPosition(channel string) (string, uint64) {
+	r.mu.Lock()
+	s := r.subs[channel]
+	r.mu.Unlock()
+	if s == nil || !s.mu.TryLock() {
+		return "", 0
+	}
+	defer s.mu.Unlock()
+	if !s.ready {
+		return "", 0
+	}
+	return s.epoch, s.off
+}
+
 // Publish runs the publish script (see Redis).
 func (r *Redis) Publish(channel string, data []byte, opts ChannelOptions) (Position, error) {
 	if opts.HistorySize < 0 || opts.HistoryTTL < 0 {
@@ -481,12 +502,13 @@ func (r *Redis) Publish(channel string, data []byte, opts ChannelOptions) (Posit
 	if r.sharded {
 		cmd = "SPUBLISH"
 	}
+	knownEpoch, knownOff := r.knownPosition(channel)
 	ctx, cancel := r.ctx()
 	defer cancel()
 	vals, err := publishScript.Exec(ctx, r.client,
 		[]string{r.metaKey(channel), r.streamKey(channel), r.chanKey(channel)},
 		[]string{string(data), strconv.Itoa(opts.HistorySize), strconv.FormatInt(ttl, 10),
-			r.epochs.next(), strconv.FormatInt(keyTTL, 10), cmd},
+			r.epochs.next(), strconv.FormatInt(keyTTL, 10), cmd, knownEpoch, strconv.FormatUint(knownOff, 10)},
 	).ToArray()
 	if err != nil {
 		r.stats.PublishErrs.Add(1)

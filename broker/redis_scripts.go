@@ -15,18 +15,27 @@ import (
 
 // publishScript: KEYS meta, stream, pub/sub channel; ARGV data, history
 // size, history ttl (ms), epoch offered for a new stream, key ttl (ms, 0:
-// no expiry), publish command. Returns {offset, epoch, stream id or ""}.
+// no expiry), publish command, and (optional) the epoch and offset the
+// publishing node last delivered of the channel ("" if it does not know).
+// Returns {offset, epoch, time ms}.
 //
 // A new stream (no meta key: never published, expired or lost) takes the
 // offered epoch and drops any stream left over, so the history is always a
 // contiguous run of offsets ending at the current one. A channel that keeps
-// no history has its stream deleted for the same reason.
+// no history has its stream deleted for the same reason. A stream behind
+// the offset the publishing node delivered in the same epoch went back
+// (see newEpochScript) and is started again the same way.
 var publishScript = rueidis.NewLuaScript(`
 local e = redis.call('HGET', KEYS[1], 'e')
+if e and ARGV[7] and e == ARGV[7] and tonumber(redis.call('HGET', KEYS[1], 'o') or '0') < tonumber(ARGV[8]) then
+  -- Behind what the publishing node delivered of this epoch: Redis went
+  -- back (see newEpochScript); a new epoch rather than reused offsets.
+  e = nil
+end
 if not e then
   e = ARGV[4]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', e)
+  redis.call('HSET', KEYS[1], 'e', e, 'o', 0)
 end
 local o = redis.call('HINCRBY', KEYS[1], 'o', 1)
 -- Numbers are doubles in Redis's Lua, and '..' writes them as %.14g

@@ -1002,3 +1002,39 @@ func TestRedisUnsubscribeDuringResubscription(t *testing.T) {
 		t.Fatalf("channels still subscribed on Redis after every Unsubscribe: %s %v", got, err)
 	}
 }
+
+// TestRedisRollbackSeenByPublisher: a node subscribed to a channel knows
+// the offset it delivered; when it publishes to a stream that went back
+// below it (as in TestRedisRollbackStartsNewEpoch), the publication
+// starts the new epoch instead of reusing a delivered offset.
+func TestRedisRollbackSeenByPublisher(t *testing.T) {
+	srv := redistest.Start(t)
+	rec := &epochRecorder{}
+	a := newTestRedis(t, srv, rec, nil)
+	if err := a.Subscribe("c"); err != nil {
+		t.Fatal(err)
+	}
+	opts := ChannelOptions{HistorySize: 100}
+	for i := 1; i <= 6; i++ {
+		if _, err := a.Publish("c", []byte(strconv.Itoa(i)), opts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := Position{Offset: 6, Epoch: waitEvents(t, &rec.recorder, 6)[5].epoch}
+	for _, cmd := range [][]string{{"XTRIM", "t:h:{c}", "MAXLEN", "3"}, {"HSET", "t:m:{c}", "o", "3"}} {
+		if _, err := srv.Do(cmd...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := a.Publish("c", []byte("new"), opts)
+	if err != nil || p.Offset != 1 || p.Epoch == old.Epoch {
+		t.Fatalf("publication to a stream gone back below the publisher's delivered offset: %+v %v (old %+v)", p, err, old)
+	}
+	ev := waitEvents(t, &rec.recorder, 2)
+	if ev[0].kind != "epoch" || ev[0].epoch != p.Epoch || ev[1].kind != "pub" || ev[1].offset != 1 || ev[1].data != "new" {
+		t.Fatalf("delivered: %+v", ev)
+	}
+	if _, _, err := a.History("c", &Position{Offset: 3, Epoch: old.Epoch}, 0); err != ErrUnrecoverable {
+		t.Fatalf("recovery from the rolled-back epoch: %v", err)
+	}
+}
