@@ -141,9 +141,9 @@ type RedisOptions struct {
 //     epoch itself rather than reuse an offset; a node that only publishes
 //     cannot tell, and publications that reused offsets before a
 //     subscribed node looked and are no longer in history (no history, or
-//     trimmed) leave no trace. Exactly-once across a Redis restart therefore needs
-//     Redis to lose nothing it answered: appendonly yes with appendfsync
-//     always, and no asynchronous failover.
+//     trimmed) leave no trace. Exactly-once across a Redis restart
+//     therefore needs Redis to lose nothing it answered: appendonly yes
+//     with appendfsync always, and no asynchronous failover.
 //   - Presence events (join, leave) travel on the same pub/sub channel;
 //     like presence writes they are queued and sent by one goroutine (the
 //     hub calls them from event loops, which must not wait for Redis), so
