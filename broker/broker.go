@@ -112,7 +112,10 @@ type NodePositioner interface {
 //     A refused publication gets no offset and reaches nobody.
 //   - Epoch: a channel's epoch changes whenever its stream may have lost
 //     publications (the broker restarted, the stream expired): a position
-//     of an older epoch can never be recovered from.
+//     of an older epoch can never be recovered from. A broker whose store
+//     can come back with older data says what it needs for this (Redis:
+//     an fsync-always append-only file, no asynchronous failover) and what
+//     it does otherwise.
 //
 // All methods are safe for concurrent use.
 type Broker interface {

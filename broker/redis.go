@@ -97,7 +97,8 @@ type RedisOptions struct {
 // it keeps the stream's meta key at least StreamIdle from expiring, as
 // Memory keeps a subscribed stream. A stream that expires or is lost
 // (Redis restarted without persistence, its keys evicted) starts a new
-// epoch at its next publication.
+// epoch at its next publication; one that went back within its epoch is
+// given a new one by the subscribed nodes (below).
 //
 // Delivery contract (what Broker promises, and how):
 //
@@ -122,15 +123,39 @@ type RedisOptions struct {
 //     or age, or lost with Redis) is skipped: the Handler then sees a jump
 //     in offsets or a new epoch, and clients recover through History or are
 //     told they cannot (ErrUnrecoverable).
+//   - Redis going back: a Redis that restarts from a snapshot older than
+//     what it answered (RDB, an append-only file fsynced every second) or
+//     fails over to a replica that lagged keeps a channel's epoch with an
+//     older offset, and its next publications reuse offsets that were
+//     already delivered. A subscribed node notices it (Redis's offset below
+//     the one it delivered when it reads history, after a reconnection or
+//     for a gap; history holding another publication at that offset; a
+//     message at an offset it delivered with a later time) and gives the
+//     stream a new epoch (newEpochScript, only if it is still at the old
+//     one), dropping the old epoch's history: its subscribers get
+//     HandleEpoch, and clients holding positions of the old epoch are told
+//     they cannot recover (recovered:false) rather than silently missing
+//     the publications that reused the offsets (those are lost to them).
+//     A publishing node that is subscribed to the channel passes the
+//     position it delivered to the publish script, which starts the new
+//     epoch itself rather than reuse an offset; a node that only publishes
+//     cannot tell, and publications that reused offsets before a
+//     subscribed node looked and are no longer in history (no history, or
+//     trimmed) leave no trace. Exactly-once across a Redis restart
+//     therefore needs Redis to lose nothing it answered: appendonly yes
+//     with appendfsync always, and no asynchronous failover.
 //   - Presence events (join, leave) travel on the same pub/sub channel;
 //     like presence writes they are queued and sent by one goroutine (the
 //     hub calls them from event loops, which must not wait for Redis), so
 //     they reach other nodes in the order this node made them but not in
 //     order with its publications. They are not kept: those sent while the
 //     connection was down are lost.
-//   - Ready reports whether the pub/sub connection is up; Subscribe fails
-//     while it is not (ErrRedisUnavailable); Publish, History and Presence
-//     fail as long as Redis does not answer; queued presence writes and
+//   - Ready reports whether the pub/sub connection is up; Subscribe,
+//     History and Presence (called on event loops) fail at once while it
+//     is not (ErrRedisUnavailable), and the commands they send are sent
+//     once, not retried by rueidis until the timeout; Publish fails as
+//     long as Redis does not answer (it is never retried: a retry could
+//     publish twice); queued presence writes and
 //     events that Redis does not take are counted and dropped (the node's
 //     own entries are written again by the next refresh). NodePosition
 //     keeps answering from the node's state, so a channel the node carries
@@ -171,6 +196,9 @@ type Redis struct {
 
 	presence localPresence
 	ops      opQueue
+	// refreshQueued: an opRefresh waits in ops (presenceLoop queues one
+	// at a time).
+	refreshQueued atomic.Bool
 
 	life    sync.Mutex
 	running bool
@@ -227,6 +255,8 @@ type RedisStats struct {
 	Skipped      atomic.Uint64 // publications lost to a gap history could not fill
 	Reconnects   atomic.Uint64 // pub/sub connections made after the first
 	NewEpochs    atomic.Uint64 // subscribed channels seen starting a new epoch
+	Rollbacks    atomic.Uint64 // streams seen gone back in their epoch, given a new one
+	Stale        atomic.Uint64 // pub/sub messages of an epoch no longer current
 	BadMessages  atomic.Uint64 // pub/sub messages that did not parse
 	OpErrors     atomic.Uint64 // queued presence writes and events Redis did not take
 	DroppedLocal atomic.Uint64 // messages of channels the node no longer subscribes to
@@ -433,6 +463,25 @@ func (r *Redis) Close() error {
 	return nil
 }
 
+// knownPosition is, if the node is subscribed to the channel, the
+// position it last delivered, for the publish script to tell a stream that
+// went back below it ("" otherwise). Publish runs on event loops: it does
+// not wait for a delivery under way (a fill may be reading Redis), it
+// passes nothing then.
+func (r *Redis) knownPosition(channel string) (string, uint64) {
+	r.mu.Lock()
+	s := r.subs[channel]
+	r.mu.Unlock()
+	if s == nil || !s.mu.TryLock() {
+		return "", 0
+	}
+	defer s.mu.Unlock()
+	if !s.ready {
+		return "", 0
+	}
+	return s.epoch, s.off
+}
+
 // Publish runs the publish script (see Redis).
 func (r *Redis) Publish(channel string, data []byte, opts ChannelOptions) (Position, error) {
 	if opts.HistorySize < 0 || opts.HistoryTTL < 0 {
@@ -453,12 +502,13 @@ func (r *Redis) Publish(channel string, data []byte, opts ChannelOptions) (Posit
 	if r.sharded {
 		cmd = "SPUBLISH"
 	}
+	knownEpoch, knownOff := r.knownPosition(channel)
 	ctx, cancel := r.ctx()
 	defer cancel()
 	vals, err := publishScript.Exec(ctx, r.client,
 		[]string{r.metaKey(channel), r.streamKey(channel), r.chanKey(channel)},
 		[]string{string(data), strconv.Itoa(opts.HistorySize), strconv.FormatInt(ttl, 10),
-			r.epochs.next(), strconv.FormatInt(keyTTL, 10), cmd},
+			r.epochs.next(), strconv.FormatInt(keyTTL, 10), cmd, knownEpoch, strconv.FormatUint(knownOff, 10)},
 	).ToArray()
 	if err != nil {
 		r.stats.PublishErrs.Add(1)

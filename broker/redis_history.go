@@ -17,8 +17,14 @@ func (r *Redis) History(channel string, since *Position, limit int) ([]Publicati
 	if r.closed.Load() {
 		return nil, Position{}, ErrClosed
 	}
+	// Called on event loops: with the pub/sub connection down (Redis is
+	// away, or just came back and the node has not resubscribed), fail
+	// at once rather than hold the loop for a timeout.
+	if err := r.Ready(); err != nil {
+		return nil, Position{}, fmt.Errorf("broker: redis history of %q: %w", channel, err)
+	}
 	if since != nil && since.Offset > maxOffset {
-		pos, err := r.position(channel)
+		pos, err := r.position(channel, true)
 		if err != nil {
 			return nil, Position{}, err
 		}
@@ -28,7 +34,7 @@ func (r *Redis) History(channel string, since *Position, limit int) ([]Publicati
 	if since != nil {
 		sinceArg = int64(since.Offset)
 	}
-	pos, cut, pubs, err := r.readHistory(channel, sinceArg, max(limit, 0), 0, "")
+	pos, cut, pubs, err := r.readHistory(channel, sinceArg, max(limit, 0), 0, "", true)
 	if err != nil {
 		return nil, Position{}, err
 	}
@@ -73,11 +79,16 @@ func retained(pubs []Publication, cut int64) []Publication {
 }
 
 // readHistory runs the history script (see its arguments there): the
-// stream's position, the age cutoff and the entries (newest first).
-func (r *Redis) readHistory(channel string, since int64, limit int, budget int, epoch string) (Position, int64, []Publication, error) {
+// stream's position, the age cutoff and the entries (newest first). once
+// (for calls on event loops) sends it without rueidis's retries.
+func (r *Redis) readHistory(channel string, since int64, limit int, budget int, epoch string, once bool) (Position, int64, []Publication, error) {
 	ctx, cancel := r.ctx()
 	defer cancel()
-	vals, err := historyScript.Exec(ctx, r.client,
+	script := historyScript
+	if once {
+		script = historyScriptOnce
+	}
+	vals, err := script.Exec(ctx, r.client,
 		[]string{r.metaKey(channel), r.streamKey(channel)},
 		[]string{strconv.FormatInt(since, 10), strconv.Itoa(limit), strconv.Itoa(budget), epoch},
 	).ToArray()
@@ -112,11 +123,15 @@ func (r *Redis) readHistory(channel string, since int64, limit int, budget int, 
 	return Position{Offset: uint64(off), Epoch: epoch}, cut, pubs, nil
 }
 
-// position reads a channel's current position.
-func (r *Redis) position(channel string) (Position, error) {
+// position reads a channel's current position; once as for readHistory.
+func (r *Redis) position(channel string, once bool) (Position, error) {
 	ctx, cancel := r.ctx()
 	defer cancel()
-	vals, err := positionScript.Exec(ctx, r.client, []string{r.metaKey(channel)}, nil).ToArray()
+	script := positionScript
+	if once {
+		script = positionScriptOnce
+	}
+	vals, err := script.Exec(ctx, r.client, []string{r.metaKey(channel)}, nil).ToArray()
 	if err != nil {
 		return Position{}, fmt.Errorf("broker: redis position of %q: %w", channel, err)
 	}

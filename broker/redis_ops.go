@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"errors"
 	"sync"
 	"sync/atomic"
@@ -38,6 +39,12 @@ const (
 	opRemove
 	opJoin
 	opLeave
+	// opRefresh writes every entry the node has in presence again (see
+	// presenceLoop). In the queue, it is ordered with the adds and
+	// removals: it reads the node's entries when its turn comes, so a
+	// removal queued after that read is sent after the refresh's writes,
+	// and one queued before it has left the node's entries already.
+	opRefresh
 )
 
 type redisOp struct {
@@ -160,9 +167,14 @@ func (r *Redis) opsLoop() {
 func (r *Redis) sendOps(batch []redisOp) {
 	ttl := r.opts.PresenceTTL
 	for len(batch) > 0 {
+		if batch[0].kind == opRefresh {
+			r.refreshPresence()
+			batch = batch[1:]
+			continue
+		}
 		n := 1
 		adds := batch[0].kind == opAdd
-		for n < len(batch) && (batch[n].kind == opAdd) == adds {
+		for n < len(batch) && batch[n].kind != opRefresh && (batch[n].kind == opAdd) == adds {
 			n++
 		}
 		part := batch[:n]
@@ -174,7 +186,7 @@ func (r *Redis) sendOps(batch []redisOp) {
 			for i, op := range part {
 				execs[i] = rueidis.LuaExec{Keys: r.presenceKeys(op.ch), Args: []string{msString(ttl), op.client, op.enc}}
 			}
-			for _, res := range setAddScript.ExecMulti(ctx, r.client, execs...) {
+			for _, res := range r.execOnce(ctx, setAddSrc, setAddSha, execs) {
 				if err = res.Error(); err != nil {
 					break
 				}
@@ -215,4 +227,29 @@ func (r *Redis) publishCmd(ch, msg string) rueidis.Completed {
 		return r.client.B().Spublish().Channel(r.chanKey(ch)).Message(msg).Build()
 	}
 	return r.client.B().Publish().Channel(r.chanKey(ch)).Message(msg).Build()
+}
+
+// execOnce runs the script src (SHA-1 sha) once per exec in one pipeline,
+// each command sent once: EVALSHA, then EVAL for all of them if Redis does
+// not know the script yet. rueidis's ExecMulti first loads the script with
+// a SCRIPT LOAD it retries until the context's deadline: with Redis away,
+// the ops goroutine would wait out a whole timeout per batch, and so would
+// the Presence calls that wait for the queue, on event loops.
+func (r *Redis) execOnce(ctx context.Context, src, sha string, execs []rueidis.LuaExec) []rueidis.RedisResult {
+	cmds := make(rueidis.Commands, len(execs))
+	for i, e := range execs {
+		cmds[i] = r.client.B().Evalsha().Sha1(sha).Numkeys(int64(len(e.Keys))).Key(e.Keys...).Arg(e.Args...).Build()
+	}
+	res := r.client.DoMulti(ctx, cmds...)
+	if len(res) == 0 {
+		return res
+	}
+	if rerr, ok := rueidis.IsRedisErr(res[0].Error()); !ok || !rerr.IsNoScript() {
+		return res
+	}
+	// One script, one pipeline: Redis knew it for none of them.
+	for i, e := range execs {
+		cmds[i] = r.client.B().Eval().Script(src).Numkeys(int64(len(e.Keys))).Key(e.Keys...).Arg(e.Args...).Build()
+	}
+	return r.client.DoMulti(ctx, cmds...)
 }

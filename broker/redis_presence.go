@@ -134,6 +134,11 @@ func (r *Redis) Presence(channel string) ([]ClientInfo, error) {
 	if r.closed.Load() {
 		return nil, ErrClosed
 	}
+	// Called on event loops: with the pub/sub connection down, fail at
+	// once rather than wait for queued writes Redis will not take.
+	if err := r.Ready(); err != nil {
+		return nil, fmt.Errorf("broker: redis presence of %q: %w", channel, err)
+	}
 	// This node's own writes queued before the read are in it.
 	r.ops.waitQueued(r.timeout)
 	vals, err := r.setRead(r.presenceKeys(channel), r.opts.MaxPresence)
@@ -157,7 +162,9 @@ func (r *Redis) Presence(channel string) ([]ClientInfo, error) {
 }
 
 // presenceLoop refreshes this node's presence entries every third of
-// PresenceTTL.
+// PresenceTTL, through the ops queue (opRefresh): a refresh written apart
+// from it could write an entry read before a removal that the queue sent
+// meanwhile, and bring it back until the TTL.
 func (r *Redis) presenceLoop() {
 	defer r.wg.Done()
 	t := time.NewTicker(r.opts.PresenceTTL / 3)
@@ -168,20 +175,53 @@ func (r *Redis) presenceLoop() {
 			return
 		case <-t.C:
 		}
-		for ch, args := range r.presence.snapshot() {
-			if r.closed.Load() {
-				return
-			}
-			for len(args) > 0 {
-				n := min(len(args), 2*subscribeBatch)
-				if err := r.setAdd(r.presenceKeys(ch), r.opts.PresenceTTL, args[:n]...); err != nil {
-					r.log.Debug("broker: redis: presence not refreshed", "channel", ch, "err", err)
-					break
-				}
-				args = args[n:]
-			}
+		// One refresh waiting is enough: it reads the entries when it runs.
+		if !r.refreshQueued.CompareAndSwap(false, true) {
+			continue
+		}
+		if err := r.ops.push(redisOp{kind: opRefresh}); err != nil {
+			r.refreshQueued.Store(false)
+			r.log.Debug("broker: redis: presence not refreshed", "err", err)
 		}
 	}
+}
+
+// refreshPresence writes every entry of the node's presence again, in
+// pipelines (on the ops goroutine, at the refresh's turn in the queue).
+func (r *Redis) refreshPresence() {
+	r.refreshQueued.Store(false)
+	ttl := msString(r.opts.PresenceTTL)
+	var execs []rueidis.LuaExec
+	send := func() bool {
+		if len(execs) == 0 {
+			return true
+		}
+		ctx, cancel := r.ctx()
+		defer cancel()
+		defer func() { execs = execs[:0] }()
+		for _, res := range r.execOnce(ctx, setAddSrc, setAddSha, execs) {
+			if err := res.Error(); err != nil {
+				r.log.Debug("broker: redis: presence not refreshed", "err", err)
+				return false
+			}
+		}
+		return true
+	}
+	for ch, args := range r.presence.snapshot() {
+		keys := r.presenceKeys(ch)
+		for len(args) > 0 {
+			n := min(len(args), 2*subscribeBatch)
+			execs = append(execs, rueidis.LuaExec{Keys: keys, Args: append([]string{ttl}, args[:n]...)})
+			args = args[n:]
+			if len(execs) == opsBatch && !send() {
+				return
+			}
+		}
+		if r.closed.Load() {
+			return
+		}
+	}
+	send()
 }
 
 // setAdd adds member, value pairs to an expiring set with ttl.

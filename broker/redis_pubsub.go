@@ -21,6 +21,11 @@ type redisSub struct {
 	ready bool // position read: messages before it are covered by it
 	epoch string
 	off   uint64
+	// t is the time (Redis's, ms) of the publication at off, 0 if not
+	// known (off read at Subscribe, or the start of an epoch). Another
+	// publication at off or before it, but later, proves that Redis went
+	// back within the epoch (see newEpochScript).
+	t int64
 }
 
 // fillBudget bounds the publication bytes one history read brings in to
@@ -86,7 +91,7 @@ func (r *Redis) Subscribe(channel string) error {
 	// the subscribe itself: rueidis reads its confirmation on the goroutine
 	// that runs the message handlers, which may be waiting for s.mu.
 	s.mu.Lock()
-	pos, err := r.position(channel)
+	pos, err := r.position(channel, true)
 	if err == nil {
 		s.epoch, s.off, s.ready = pos.Epoch, pos.Offset, true
 	}
@@ -213,12 +218,18 @@ func (r *Redis) connectPubSub(first bool) error {
 			}
 		}
 	}
+	// The connection is not made the node's (r.ps) until it is subscribed
+	// to exactly the channels wanted: meanwhile Subscribe fails (the node
+	// is not ready) and Unsubscribe only forgets the channel, and the
+	// channels unsubscribed during the batches are unsubscribed here.
+	// (With r.ps set before the batches, an Unsubscribe's UNSUBSCRIBE
+	// could go before the batch that names its channel, leaving it
+	// subscribed on Redis.)
 	r.mu.Lock()
 	chans := make([]string, 0, len(r.subs))
 	for name := range r.subs {
-		chans = append(chans, r.chanKey(name))
+		chans = append(chans, name)
 	}
-	r.ps = ps
 	r.mu.Unlock()
 	disconnect := func() {
 		r.mu.Lock()
@@ -230,16 +241,48 @@ func (r *Redis) connectPubSub(first bool) error {
 		ps.Close()
 		<-wait
 	}
+	subscribed := make(map[string]struct{}, len(chans))
 	for len(chans) > 0 {
 		n := min(len(chans), subscribeBatch)
+		keys := make([]string, n)
+		for i, name := range chans[:n] {
+			keys[i] = r.chanKey(name)
+			subscribed[name] = struct{}{}
+		}
 		ctx, cancel := r.ctx()
-		err := ps.Do(ctx, r.subscribeCmd(ps, chans[:n]...)).Error()
+		err := ps.Do(ctx, r.subscribeCmd(ps, keys...)).Error()
 		cancel()
 		if err != nil {
 			disconnect()
 			return fmt.Errorf("pub/sub resubscribe: %w", err)
 		}
 		chans = chans[n:]
+	}
+	for {
+		r.mu.Lock()
+		var extra []string
+		for name := range subscribed {
+			if _, ok := r.subs[name]; !ok {
+				extra = append(extra, r.chanKey(name))
+				delete(subscribed, name)
+				if len(extra) == subscribeBatch {
+					break
+				}
+			}
+		}
+		if len(extra) == 0 {
+			r.ps = ps // under the same lock as the check: nothing in between
+			r.mu.Unlock()
+			break
+		}
+		r.mu.Unlock()
+		ctx, cancel := r.ctx()
+		err := ps.Do(ctx, r.unsubscribeCmd(ps, extra...)).Error()
+		cancel()
+		if err != nil {
+			disconnect()
+			return fmt.Errorf("pub/sub unsubscribe of channels no longer wanted: %w", err)
+		}
 	}
 	r.ready.Store(true)
 	if !first {
@@ -341,11 +384,35 @@ func (r *Redis) onMessage(m rueidis.PubSubMessage) {
 // it from history, or skips it as a duplicate. s.mu is held.
 func (r *Redis) deliver(s *redisSub, h Handler, pub Publication, epoch string) {
 	if epoch != s.epoch {
-		// A new epoch: the stream was lost or expired and started again.
+		// Only an epoch Redis says is current: a message of an older one
+		// can still be queued after fill (or a node's new epoch) moved s
+		// past it, and would take s back to a stream that is gone.
+		pos, err := r.position(s.name, false)
+		switch {
+		case err != nil:
+			// Redis does not answer (the connection is likely going
+			// down, and a resync follows): take the message's word.
+			r.log.Warn("broker: redis: cannot confirm a channel's new epoch", "channel", s.name, "epoch", epoch, "err", err)
+		case pos.Epoch != epoch:
+			r.stats.Stale.Add(1)
+			if pos.Epoch != "" && pos.Epoch != s.epoch {
+				r.fill(s, 0) // yet another epoch: fill moves s to it
+			}
+			return
+		}
 		r.newEpoch(s, h, epoch)
 	}
 	switch {
 	case pub.Offset <= s.off:
+		if s.t > 0 && pub.Time > s.t {
+			// Not a duplicate: a publication at an offset already
+			// delivered, made after the one delivered there. Redis went
+			// back within the epoch (see newEpochScript).
+			if r.restartEpoch(s, h) {
+				r.fill(s, 0)
+			}
+			return
+		}
 		r.stats.Duplicates.Add(1)
 		return
 	case pub.Offset > s.off+1:
@@ -357,7 +424,7 @@ func (r *Redis) deliver(s *redisSub, h Handler, pub Publication, epoch string) {
 			r.stats.Skipped.Add(pub.Offset - s.off - 1)
 		}
 	}
-	s.off = pub.Offset
+	s.off, s.t = pub.Offset, pub.Time
 	r.stats.Delivered.Add(1)
 	h.HandlePublication(s.name, &pub, Position{Offset: pub.Offset, Epoch: epoch})
 }
@@ -368,13 +435,25 @@ func (r *Redis) deliver(s *redisSub, h Handler, pub Publication, epoch string) {
 // delivered next by the caller), reading at most fillBudget bytes at a
 // time. s.mu is held. Publications history no longer has are skipped
 // (counted).
+//
+// Redis may have gone back within s's epoch (see newEpochScript): its
+// offset is below s's, or history holds another publication (another
+// time) at s's offset. Then the stream gets a new epoch and fill delivers
+// from its start.
 func (r *Redis) fill(s *redisSub, upto uint64) {
 	hr := r.handler.Load()
 	if hr == nil {
 		return
 	}
+	// The first read starts one before s.off, to compare the publication
+	// history holds there with the one delivered.
+	check := s.off > 0 && s.t > 0
 	for {
-		pos, cut, pubs, err := r.readHistory(s.name, int64(s.off), 0, r.fillBudget, s.epoch)
+		since := s.off
+		if check {
+			since--
+		}
+		pos, cut, pubs, err := r.readHistory(s.name, int64(since), 0, r.fillBudget, s.epoch, false)
 		if err != nil {
 			r.log.Warn("broker: redis: cannot read history to fill a gap", "channel", s.name, "err", err)
 			return
@@ -384,7 +463,16 @@ func (r *Redis) fill(s *redisSub, upto uint64) {
 		}
 		if pos.Epoch != s.epoch {
 			r.newEpoch(s, hr.h, pos.Epoch)
+			upto, check = 0, false // upto was of the old epoch
+		} else if pos.Offset < s.off || (check && replacedAt(pubs, s.off, s.t)) {
+			if !r.restartEpoch(s, hr.h) {
+				return
+			}
+			upto, check = 0, false
+			continue
 		}
+		checked := check
+		check = false
 		pubs = retained(pubs, cut)
 		progress := false
 		for i := range pubs {
@@ -398,7 +486,7 @@ func (r *Redis) fill(s *redisSub, upto uint64) {
 			if p.Offset > s.off+1 {
 				r.stats.Skipped.Add(p.Offset - s.off - 1)
 			}
-			s.off = p.Offset
+			s.off, s.t = p.Offset, p.Time
 			progress = true
 			r.stats.Refetched.Add(1)
 			r.stats.Delivered.Add(1)
@@ -407,15 +495,55 @@ func (r *Redis) fill(s *redisSub, upto uint64) {
 		if s.off >= pos.Offset || (upto > 0 && s.off+1 >= upto) {
 			return
 		}
-		if !progress {
-			// What is left is no longer retained.
+		if !progress && !checked {
+			// What is left is no longer retained. (A checking read's page
+			// may hold only the publication at s.off: read on.)
 			if upto == 0 {
 				r.stats.Skipped.Add(pos.Offset - s.off)
-				s.off = pos.Offset
+				s.off, s.t = pos.Offset, 0
 			}
 			return
 		}
 	}
+}
+
+// replacedAt says whether pubs holds a publication at offset off whose
+// time is not t: not the one the node delivered there.
+func replacedAt(pubs []Publication, off uint64, t int64) bool {
+	for i := range pubs {
+		if pubs[i].Offset == off {
+			return pubs[i].Time != t
+		}
+	}
+	return false
+}
+
+// restartEpoch gives s's stream a new epoch (newEpochScript), as Redis
+// went back within s's epoch, and moves s to the epoch the stream is at
+// then (the new one, or one another node gave it first). It returns false
+// if s stays (no answer, or no stream). s.mu is held.
+func (r *Redis) restartEpoch(s *redisSub, h Handler) bool {
+	ctx, cancel := r.ctx()
+	defer cancel()
+	vals, err := newEpochScript.Exec(ctx, r.client, []string{r.metaKey(s.name), r.streamKey(s.name)},
+		[]string{s.epoch, r.epochs.next()}).ToArray()
+	var epoch string
+	if err == nil && len(vals) == 2 {
+		epoch, err = vals[1].ToString()
+	} else if err == nil {
+		err = fmt.Errorf("%d values in the answer", len(vals))
+	}
+	if err != nil {
+		r.log.Warn("broker: redis: channel's stream went back in its epoch; cannot give it a new epoch", "channel", s.name, "epoch", s.epoch, "offset", s.off, "err", err)
+		return false
+	}
+	r.stats.Rollbacks.Add(1)
+	r.log.Warn("broker: redis: channel's stream went back in its epoch (Redis lost publications): new epoch", "channel", s.name, "old", s.epoch, "offset", s.off, "new", epoch)
+	if epoch == "" || epoch == s.epoch {
+		return false
+	}
+	r.newEpoch(s, h, epoch)
+	return true
 }
 
 // newEpoch moves s to the start of epoch and tells the Handler, if it
@@ -423,7 +551,7 @@ func (r *Redis) fill(s *redisSub, upto uint64) {
 // is held.
 func (r *Redis) newEpoch(s *redisSub, h Handler, epoch string) {
 	old := s.epoch
-	s.epoch, s.off = epoch, 0
+	s.epoch, s.off, s.t = epoch, 0, 0
 	if old == "" {
 		return
 	}

@@ -450,6 +450,11 @@ func TestRedisPresence(t *testing.T) {
 	a := newTestRedis(t, srv, nil, mod)
 	b := newTestRedis(t, srv, nil, mod)
 	infoA := ClientInfo{Client: "a-1", User: "u1", Info: []byte(`{"x":1}`)}
+	// Presence writes name the script by its SHA-1 first: Redis not
+	// knowing it yet (a restart forgets scripts) must not lose them.
+	if _, err := srv.Do("SCRIPT", "FLUSH"); err != nil {
+		t.Fatal(err)
+	}
 	if err := a.AddPresence("c", infoA); err != nil {
 		t.Fatal(err)
 	}
@@ -620,5 +625,416 @@ func TestRedisOpQueue(t *testing.T) {
 	<-waited
 	if err := q.push(redisOp{}); err != nil {
 		t.Fatalf("push after the queue drained: %v", err)
+	}
+}
+
+// epochRecorder is a recorder that also records HandleEpoch, as an event
+// of kind "epoch".
+type epochRecorder struct{ recorder }
+
+func (r *epochRecorder) HandleEpoch(channel string, pos Position) {
+	r.mu.Lock()
+	r.events = append(r.events, event{kind: "epoch", channel: channel, epoch: pos.Epoch})
+	r.mu.Unlock()
+}
+
+// publishRetry publishes until Redis answers (it is coming back).
+func publishRetry(t testing.TB, r *Redis, ch, data string, opts ChannelOptions) Position {
+	t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for {
+		p, err := r.Publish(ch, []byte(data), opts)
+		if err == nil {
+			return p
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("publish %q: %v", data, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestRedisRollbackStartsNewEpoch: Redis restarts from a snapshot older
+// than what a node delivered (RDB, AOF everysec, a failover to a lagging
+// replica), so the stream is back at an older offset of the same epoch.
+// The node must not take the publications that reuse the lost offsets for
+// duplicates: it gives the stream a new epoch (its subscribers' positions
+// are worthless: they are told, not left missing publications) and
+// delivers from it.
+func TestRedisRollbackStartsNewEpoch(t *testing.T) {
+	srv := redistest.Start(t)
+	rec := &epochRecorder{}
+	sub := newTestRedis(t, srv, rec, nil)
+	pubr := newTestRedis(t, srv, nil, nil)
+	if err := sub.Subscribe("c"); err != nil {
+		t.Fatal(err)
+	}
+	opts := ChannelOptions{HistorySize: 100}
+	for i := 1; i <= 6; i++ {
+		if _, err := pubr.Publish("c", []byte(strconv.Itoa(i)), opts); err != nil {
+			t.Fatal(err)
+		}
+		if i == 3 {
+			if r, err := srv.Do("SAVE"); err != nil || r != "+OK" {
+				t.Fatalf("SAVE: %q %v", r, err)
+			}
+		}
+	}
+	ev := waitEvents(t, &rec.recorder, 6)
+	old := Position{Offset: 6, Epoch: ev[5].epoch}
+	srv.Stop()
+	srv.Restart() // from the snapshot: offset 3 of the same epoch
+	// The node resynchronizes, finds Redis behind what it delivered.
+	ev = waitEvents(t, &rec.recorder, 1)
+	if len(ev) != 1 || ev[0].kind != "epoch" || ev[0].epoch == "" || ev[0].epoch == old.Epoch {
+		t.Fatalf("after Redis came back behind the node: %+v, want a new epoch (old %q)", ev, old.Epoch)
+	}
+	epoch := ev[0].epoch
+	p := publishRetry(t, pubr, "c", "7", opts)
+	if p != (Position{Offset: 1, Epoch: epoch}) {
+		t.Fatalf("publication after the rollback at %+v, want offset 1 of %q", p, epoch)
+	}
+	ev = waitEvents(t, &rec.recorder, 1)
+	if len(ev) != 1 || ev[0].kind != "pub" || ev[0].offset != 1 || ev[0].epoch != epoch || ev[0].data != "7" {
+		t.Fatalf("delivered after the rollback: %+v", ev)
+	}
+	for _, since := range []Position{old, {Offset: 3, Epoch: old.Epoch}} {
+		if _, _, err := pubr.History("c", &since, 0); err != ErrUnrecoverable {
+			t.Fatalf("recovery from %+v of the rolled-back epoch: %v", since, err)
+		}
+	}
+	if pubs, pos, err := pubr.History("c", nil, 0); err != nil || len(pubs) != 1 || string(pubs[0].Data) != "7" || pos != p {
+		t.Fatalf("history of the new epoch: %+v %+v %v", pubs, pos, err)
+	}
+}
+
+// TestRedisRollbackSeenInPublications: Redis went back (as in
+// TestRedisRollbackStartsNewEpoch) and publications reused the lost
+// offsets before the node looked: a node learns it from a publication
+// that reuses an offset it delivered (a later time than the one it
+// delivered there), or, filling a gap, from history holding another
+// publication at its last offset. Either way a new epoch, and a message
+// of the old epoch still queued does not switch the node back.
+func TestRedisRollbackSeenInPublications(t *testing.T) {
+	for _, viaGap := range []bool{false, true} {
+		t.Run(fmt.Sprintf("viaGap=%v", viaGap), func(t *testing.T) {
+			srv := redistest.Start(t)
+			rec := &epochRecorder{}
+			sub := newTestRedis(t, srv, rec, nil)
+			pubr := newTestRedis(t, srv, nil, nil)
+			if err := sub.Subscribe("c"); err != nil {
+				t.Fatal(err)
+			}
+			opts := ChannelOptions{HistorySize: 100}
+			for i := 1; i <= 6; i++ {
+				if _, err := pubr.Publish("c", []byte(strconv.Itoa(i)), opts); err != nil {
+					t.Fatal(err)
+				}
+			}
+			old := Position{Offset: 6, Epoch: waitEvents(t, &rec.recorder, 6)[5].epoch}
+			// Redis loses 4..6, the node's connection staying up.
+			for _, cmd := range [][]string{{"XTRIM", "t:h:{c}", "MAXLEN", "3"}, {"HSET", "t:m:{c}", "o", "3"}} {
+				if _, err := srv.Do(cmd...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// The new publications are at a later millisecond than the lost 6.
+			time.Sleep(5 * time.Millisecond)
+			if viaGap {
+				// 4..7 of the rolled-back stream never reach the node (sent
+				// on another pub/sub channel); 8 shows it a gap.
+				for i := 4; i <= 7; i++ {
+					ctx, cancel := pubr.ctx()
+					err := publishScript.Exec(ctx, pubr.client, []string{pubr.metaKey("c"), pubr.streamKey("c"), "t:c:{elsewhere}"},
+						[]string{"new" + strconv.Itoa(i), "100", "0", "xxxxxxxx", "0", "SPUBLISH"}).Error()
+					cancel()
+					if err != nil {
+						t.Fatal(err)
+					}
+				}
+				_, _ = pubr.Publish("c", []byte("new8"), opts)
+			} else {
+				_, _ = pubr.Publish("c", []byte("new4"), opts)
+			}
+			ev := waitEvents(t, &rec.recorder, 1)
+			if len(ev) != 1 || ev[0].kind != "epoch" || ev[0].epoch == "" || ev[0].epoch == old.Epoch {
+				t.Fatalf("after publications reused lost offsets: %+v, want a new epoch (old %q)", ev, old.Epoch)
+			}
+			epoch := ev[0].epoch
+			// A message of the old epoch still queued: not a new epoch.
+			if _, err := srv.Do("SPUBLISH", "t:c:{c}", fmt.Sprintf("p9 %d %s stale", time.Now().UnixMilli(), old.Epoch)); err != nil {
+				t.Fatal(err)
+			}
+			p, err := pubr.Publish("c", []byte("next"), opts)
+			if err != nil || p != (Position{Offset: 1, Epoch: epoch}) {
+				t.Fatalf("publication after the new epoch: %+v %v, want offset 1 of %q", p, err, epoch)
+			}
+			ev = waitEvents(t, &rec.recorder, 1)
+			if len(ev) != 1 || ev[0].kind != "pub" || ev[0].offset != 1 || ev[0].epoch != epoch || ev[0].data != "next" {
+				t.Fatalf("delivered after the new epoch: %+v", ev)
+			}
+			if _, _, err := pubr.History("c", &old, 0); err != ErrUnrecoverable {
+				t.Fatalf("recovery from the rolled-back epoch: %v", err)
+			}
+		})
+	}
+}
+
+// TestRedisFillPastExpiredPage: a gap longer than one page of history
+// whose oldest entries are past the history TTL but not trimmed yet (no
+// publish since they aged) while newer ones are retained: the node
+// delivers the retained ones, not skipping them for the expired page.
+func TestRedisFillPastExpiredPage(t *testing.T) {
+	srv := redistest.Start(t)
+	rec := &recorder{}
+	a := newTestRedis(t, srv, rec, nil)
+	a.fillBudget = 3 // pages of three one-byte publications
+	// A stream at offset 0 of epoch E with a 5 s history TTL, so that the
+	// node subscribes at (E, 0).
+	do := func(args ...string) {
+		t.Helper()
+		if r, err := srv.Do(args...); err != nil || strings.HasPrefix(r, "-") {
+			t.Fatalf("%v: %q %v", args, r, err)
+		}
+	}
+	do("HSET", "t:m:{c}", "o", "0", "e", "epochE00", "t", "5000")
+	if err := a.Subscribe("c"); err != nil {
+		t.Fatal(err)
+	}
+	// Then, unseen by the node (no pub/sub message): 1..5 ten seconds old
+	// (explicit stream ids), 6..10 now.
+	old := time.Now().Add(-10 * time.Second).UnixMilli()
+	for i := 1; i <= 10; i++ {
+		id := "*"
+		if i <= 5 {
+			id = fmt.Sprintf("%d-%d", old, i)
+		}
+		do("XADD", "t:h:{c}", id, "o", strconv.Itoa(i), "d", strconv.Itoa(i%10))
+	}
+	do("HSET", "t:m:{c}", "o", "10")
+	if pubs, _, err := a.History("c", nil, 0); err != nil || len(pubs) != 5 || pubs[0].Offset != 6 {
+		t.Fatalf("history retains %+v %v, want 6..10", pubs, err)
+	}
+	// The node's pub/sub connection breaks: it resynchronizes from (E, 0).
+	do("CLIENT", "KILL", "TYPE", "pubsub")
+	ev := waitEvents(t, rec, 5)
+	for i, e := range ev {
+		if e.offset != uint64(6+i) {
+			t.Fatalf("delivered %+v, want 6..10", ev)
+		}
+	}
+	if n := a.Stats().Skipped.Load(); n != 5 {
+		t.Fatalf("%d skipped, want 5 (1..5, past the TTL)", n)
+	}
+}
+
+// TestRedisOutageFailsFast: History and Presence are called on event
+// loops (client requests, recoveries): with Redis away they return an
+// error at once instead of holding the loop until the command timeout
+// (rueidis retries read-only commands until then). The bound is half the
+// timeout, far above what a prompt answer takes even on a loaded machine.
+func TestRedisOutageFailsFast(t *testing.T) {
+	srv := redistest.Start(t)
+	const timeout = 10 * time.Second
+	a := newTestRedis(t, srv, nil, func(o *RedisOptions) { o.Timeout = timeout })
+	opts := ChannelOptions{HistorySize: 10}
+	p, err := a.Publish("c", []byte("1"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := []struct {
+		name string
+		call func() error
+	}{
+		{"History", func() error { _, _, err := a.History("c", nil, 0); return err }},
+		{"History since", func() error { _, _, err := a.History("c", &p, 0); return err }},
+		{"Presence", func() error { _, err := a.Presence("c"); return err }},
+	}
+	check := func(when string, kind error) {
+		t.Helper()
+		for _, c := range calls {
+			t0 := time.Now()
+			err := c.call()
+			d := time.Since(t0)
+			t.Logf("%s %s: %v after %v", when, c.name, err, d)
+			if err == nil || (kind != nil && !errors.Is(err, kind)) {
+				t.Fatalf("%s %s: error %v, want %v", when, c.name, err, kind)
+			}
+			if d > timeout/2 {
+				t.Fatalf("%s %s took %v (timeout %v): the loop would be held", when, c.name, d, timeout)
+			}
+		}
+	}
+	srv.Stop()
+	// Whether or not the node has noticed yet: an error, promptly.
+	check("Redis just stopped", nil)
+	deadline := time.Now().Add(waitFor)
+	for a.Ready() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("still ready with Redis stopped")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_ = a.AddPresence("c", ClientInfo{Client: "x"}) // queued: Presence waits for it no more
+	check("the node knows Redis is away", ErrRedisUnavailable)
+	// A node that has not noticed yet (a Redis that stops answering
+	// without closing connections is noticed only by a timeout): the
+	// commands go to Redis, and are sent once, not retried until the
+	// timeout. (Only Redis coming back would set ready again: it stays
+	// away.)
+	a.ready.Store(true)
+	check("the node has not noticed", nil)
+	a.ready.Store(false)
+}
+
+// TestRedisPresenceRefreshKeepsNoRemoved: entries removed while a refresh
+// of the node's presence is under way stay removed (the refresh writes
+// what the node had when it read it; a removal must not be overwritten by
+// a refresh that read the entry before it). Removals are spread over more
+// than a refresh period so that passes run amid them.
+func TestRedisPresenceRefreshKeepsNoRemoved(t *testing.T) {
+	srv := redistest.Start(t)
+	const ttl = 3 * time.Second // a refresh every second; entries outlive the check
+	r := newTestRedis(t, srv, nil, func(o *RedisOptions) { o.PresenceTTL = ttl })
+	const n = 3000
+	for i := range n {
+		if err := r.AddPresence("c"+strconv.Itoa(i), ClientInfo{Client: "x" + strconv.Itoa(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.ops.waitQueued(waitFor)
+	for i := range n {
+		if err := r.RemovePresence("c"+strconv.Itoa(i), "x"+strconv.Itoa(i)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(500 * time.Microsecond)
+	}
+	r.ops.waitQueued(waitFor)
+	// A refresh pass that began amid the removals has written by now.
+	time.Sleep(ttl / 3)
+	left, err := srv.Do("EVAL", "return #redis.call('KEYS', ARGV[1])", "0", "t:p:*")
+	if err != nil || left != ":0" {
+		t.Fatalf("presence hashes left after every entry was removed: %s %v", left, err)
+	}
+}
+
+// TestRedisLargeOffsets: offsets past 1e14 (Lua concatenates numbers as
+// %.14g: "1e+14") travel in pub/sub messages and history as integers.
+func TestRedisLargeOffsets(t *testing.T) {
+	srv := redistest.Start(t)
+	rec := &recorder{}
+	a := newTestRedis(t, srv, rec, nil)
+	const start = 100_000_000_000_000 - 2
+	if _, err := srv.Do("HSET", "t:m:{c}", "o", strconv.Itoa(start), "e", "epochE00"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Subscribe("c"); err != nil {
+		t.Fatal(err)
+	}
+	opts := ChannelOptions{HistorySize: 10}
+	for i := uint64(1); i <= 3; i++ {
+		p, err := a.Publish("c", []byte(strconv.FormatUint(i, 10)), opts)
+		if err != nil || p.Offset != start+i {
+			t.Fatalf("publish %d: %+v %v", i, p, err)
+		}
+	}
+	ev := waitEvents(t, rec, 3)
+	for i, e := range ev {
+		if e.offset != start+uint64(i)+1 || e.data != strconv.Itoa(i+1) {
+			t.Fatalf("delivered %+v", ev)
+		}
+	}
+	pubs, pos, err := a.History("c", &Position{Offset: start, Epoch: "epochE00"}, 0)
+	if err != nil || len(pubs) != 3 || pubs[2].Offset != start+3 || pos.Offset != start+3 {
+		t.Fatalf("history: %+v %+v %v", pubs, pos, err)
+	}
+	if n := a.Stats().BadMessages.Load(); n != 0 {
+		t.Fatalf("%d messages did not parse", n)
+	}
+}
+
+// TestRedisUnsubscribeDuringResubscription: channels unsubscribed while
+// the node subscribes again after a reconnection (several batches) are
+// not left subscribed on Redis, which would send the node their messages
+// for nothing until the next reconnection.
+func TestRedisUnsubscribeDuringResubscription(t *testing.T) {
+	srv := redistest.Start(t)
+	a := newTestRedis(t, srv, nil, nil)
+	const n = 6 * subscribeBatch
+	for i := range n {
+		if err := a.Subscribe("c" + strconv.Itoa(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := srv.Do("CLIENT", "KILL", "TYPE", "pubsub"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(waitFor)
+	for a.Ready() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("still ready after its pub/sub connection was killed")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// Unsubscribe everything while the node reconnects and resubscribes:
+	// from when the node resubscribes (its connection is back: some
+	// channels are subscribed on Redis again), so that some land amid the
+	// resubscription's batches.
+	for {
+		got, err := srv.Do("PUBSUB", "SHARDCHANNELS", "t:c:*")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != "*0" || a.Ready() == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the node did not resubscribe")
+		}
+	}
+	for i := range n {
+		if err := a.Unsubscribe("c" + strconv.Itoa(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitReady(t, a)
+	if got, err := srv.Do("PUBSUB", "SHARDCHANNELS", "t:c:*"); err != nil || got != "*0" {
+		t.Fatalf("channels still subscribed on Redis after every Unsubscribe: %s %v", got, err)
+	}
+}
+
+// TestRedisRollbackSeenByPublisher: a node subscribed to a channel knows
+// the offset it delivered; when it publishes to a stream that went back
+// below it (as in TestRedisRollbackStartsNewEpoch), the publication
+// starts the new epoch instead of reusing a delivered offset.
+func TestRedisRollbackSeenByPublisher(t *testing.T) {
+	srv := redistest.Start(t)
+	rec := &epochRecorder{}
+	a := newTestRedis(t, srv, rec, nil)
+	if err := a.Subscribe("c"); err != nil {
+		t.Fatal(err)
+	}
+	opts := ChannelOptions{HistorySize: 100}
+	for i := 1; i <= 6; i++ {
+		if _, err := a.Publish("c", []byte(strconv.Itoa(i)), opts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := Position{Offset: 6, Epoch: waitEvents(t, &rec.recorder, 6)[5].epoch}
+	for _, cmd := range [][]string{{"XTRIM", "t:h:{c}", "MAXLEN", "3"}, {"HSET", "t:m:{c}", "o", "3"}} {
+		if _, err := srv.Do(cmd...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := a.Publish("c", []byte("new"), opts)
+	if err != nil || p.Offset != 1 || p.Epoch == old.Epoch {
+		t.Fatalf("publication to a stream gone back below the publisher's delivered offset: %+v %v (old %+v)", p, err, old)
+	}
+	ev := waitEvents(t, &rec.recorder, 2)
+	if ev[0].kind != "epoch" || ev[0].epoch != p.Epoch || ev[1].kind != "pub" || ev[1].offset != 1 || ev[1].data != "new" {
+		t.Fatalf("delivered: %+v", ev)
+	}
+	if _, _, err := a.History("c", &Position{Offset: 3, Epoch: old.Epoch}, 0); err != ErrUnrecoverable {
+		t.Fatalf("recovery from the rolled-back epoch: %v", err)
 	}
 }
