@@ -156,12 +156,12 @@ func (h *Hub) Deliver(k int, f *engine.Frame) {
 	}
 	for i := range lc.subs {
 		m := &lc.subs[i]
-		if m.after != 0 && m.epoch == epoch {
-			if seq <= m.after {
+		if f := m.f; f != nil && f.epoch == epoch {
+			if seq <= f.after {
 				h.stats.DuplicatesFiltered.Add(1)
 				continue
 			}
-			m.after, m.epoch = 0, ""
+			m.f = nil
 		}
 		_ = m.c.WriteFrame(f)
 	}

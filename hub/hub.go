@@ -122,10 +122,12 @@ type localChan struct {
 // after the position was read) or newer (recovery read the broker's server
 // ahead of the node's delivery, whose old-epoch publications still come).
 type member struct {
-	c     engine.Conn
-	cl    *Client
-	after uint64
-	epoch string // after's epoch
+	c  engine.Conn
+	cl *Client
+	// f is the member's duplicate filter while it has one (nil after the
+	// first publication past it): kept out of line, since a fan-out walks
+	// every member of a channel and few of them filter at any time.
+	f *filter
 	// joined is the hub's event stamp when the subscription began: join
 	// and leave events stamped at or before it happened before it, and
 	// are skipped (they may still be in the loop's inbox).
@@ -136,6 +138,13 @@ type member struct {
 // broker calls for one channel are made in order under its mu, not under
 // the hub's: with a broker that makes a round trip (Redis), loops
 // subscribing to different channels do not wait for each other.
+// filter skips the publications a new member already has: those of epoch
+// at or before offset after (from its subscribe position or recovery).
+type filter struct {
+	after uint64
+	epoch string
+}
+
 type nodeChan struct {
 	mu         sync.Mutex // held across the broker's Subscribe and Unsubscribe of the channel
 	n          int        // loops with subscribers (h.mu)

@@ -87,7 +87,11 @@ func (h *Hub) Subscribe(c engine.Conn, cl *Client, ch string, since *broker.Posi
 		return res, err
 	}
 	cl.subs = append(cl.subs, subscription{ch: lc, pos: int32(len(lc.subs))})
-	lc.subs = append(lc.subs, member{c: c, cl: cl, after: res.Position.Offset, epoch: res.Position.Epoch, joined: h.stamp.Load()})
+	m := member{c: c, cl: cl, joined: h.stamp.Load()}
+	if res.Position.Offset != 0 {
+		m.f = &filter{after: res.Position.Offset, epoch: res.Position.Epoch}
+	}
+	lc.subs = append(lc.subs, m)
 	if (lc.opts.Presence || lc.opts.JoinLeave) && cl.ID == "" {
 		cl.ID = h.ClientID(c) // made when first shown: most connections never are
 	}
