@@ -3,7 +3,7 @@
 // redis-server of the test's own for the Redis broker (startRedis).
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -83,8 +83,24 @@ export async function startWsd({ args = [], port, tokens = false } = {}) {
       if (r.status !== 200) throw new Error(`${path}: ${r.status} ${JSON.stringify(json)}`);
       return json;
     },
-    signal(sig) {
+    /**
+     * signal sends sig; for SIGSTOP and SIGCONT it resolves once the process
+     * is stopped (resp. running again), as /proc says: a signal is delivered
+     * asynchronously, and a server that answers one more request before it
+     * stops would make a timeout test pass or fail by chance.
+     */
+    async signal(sig) {
       process.kill(proc.pid, sig);
+      if (sig !== "SIGSTOP" && sig !== "SIGCONT") return;
+      const want = sig === "SIGSTOP";
+      for (const deadline = Date.now() + 5000; Date.now() < deadline; ) {
+        // The state is the field after the command's closing parenthesis.
+        const stat = readFileSync(`/proc/${proc.pid}/stat`, "utf8");
+        const stopped = stat.slice(stat.lastIndexOf(")") + 2)[0] === "T";
+        if (stopped === want) return;
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      throw new Error(`wsd (pid ${proc.pid}) did not ${want ? "stop" : "continue"} within 5 s of ${sig}`);
     },
     /** stop sends SIGTERM (a drain) and waits for the exit; SIGKILL after 10 s. */
     async stop() {
