@@ -41,8 +41,20 @@ export function token(sub, claims = {}) {
  */
 export async function startWsd({ args = [], port, tokens = false } = {}) {
   if (!existsSync(wsdBin)) throw new Error(`${wsdBin} is missing: run make test-js (or go build -o bin/wsd ./cmd/wsd)`);
-  port ??= await freePort();
-  const admin = await freePort();
+  // A free port can be taken by another process (the test files run in
+  // parallel) between freePort and wsd's bind: then try other ports (or,
+  // for a restart on a given port, the same one again a little later).
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await launch({ args, port: port ?? (await freePort()), admin: await freePort(), tokens });
+    } catch (err) {
+      if (!err.addressInUse || attempt === 5) throw err;
+      if (port !== undefined) await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+}
+
+async function launch({ args, port, admin, tokens }) {
   const flags = ["--listen", `127.0.0.1:${port}`, "--admin", `127.0.0.1:${admin}`, "--api-key", apiKey, "--loops", "2", "--log-level", "warn", ...args];
   if (tokens) {
     const dir = mkdtempSync(join(tmpdir(), "wsd-js-"));
@@ -55,7 +67,10 @@ export async function startWsd({ args = [], port, tokens = false } = {}) {
   const exited = new Promise((res) => proc.once("exit", (code, signal) => res({ code, signal })));
   const deadline = Date.now() + 15000;
   for (;;) {
-    if (proc.exitCode !== null) throw new Error(`wsd exited at start: ${log}`);
+    if (proc.exitCode !== null) {
+      if (!proc.stderr.closed) await new Promise((r) => proc.stderr.once("close", r)); // all of stderr is in log
+      throw Object.assign(new Error(`wsd exited at start: ${log}`), { addressInUse: log.includes("address already in use") });
+    }
     try {
       const r = await fetch(`http://127.0.0.1:${admin}/readyz`);
       if (r.status === 200) break;
