@@ -397,12 +397,14 @@ func broadcast(ctx context.Context, args []string) error {
 	if o.URL != "" && strings.Contains(o.URL, ",") {
 		o.URLs = strings.Split(o.URL, ",")
 	}
-	for _, f := range strings.FieldsFunc(brokerPIDs, func(r rune) bool { return r == ',' }) {
-		pid, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || pid <= 0 {
+	var err error
+	if o.BrokerPIDs, err = parsePIDs("broker-pids", brokerPIDs); err != nil {
+		return err
+	}
+	for _, pid := range o.BrokerPIDs {
+		if pid <= 0 {
 			return fmt.Errorf("bad -broker-pids %q", brokerPIDs)
 		}
-		o.BrokerPIDs = append(o.BrokerPIDs, pid)
 	}
 	o.Source = net.ParseIP(source)
 	o.Progress = os.Stderr
@@ -698,14 +700,9 @@ func storm(ctx context.Context, args []string) error {
 			o.Admins = append(o.Admins, a)
 		}
 	}
-	for p := range strings.SplitSeq(pids, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			v, err := strconv.Atoi(p)
-			if err != nil {
-				return fmt.Errorf("bad -server-pids %q", pids)
-			}
-			o.ServerPIDs = append(o.ServerPIDs, v)
-		}
+	var err error
+	if o.ServerPIDs, err = parsePIDs("server-pids", pids); err != nil {
+		return err
 	}
 	o.Progress = os.Stderr
 	o.Terminal = isTerminal(os.Stderr)
@@ -723,4 +720,20 @@ func storm(ctx context.Context, args []string) error {
 		return fmt.Errorf("%d of %d storm clients were not back when the storm ended (%s)", r.Clients-int(r.Back), r.Clients, r.StoppedBy)
 	}
 	return nil
+}
+
+// parsePIDs reads flag name's comma-separated list of process ids (blanks
+// ignored); the caller checks their values.
+func parsePIDs(name, list string) ([]int, error) {
+	var pids []int
+	for p := range strings.SplitSeq(list, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			v, err := strconv.Atoi(p)
+			if err != nil {
+				return nil, fmt.Errorf("bad -%s %q", name, list)
+			}
+			pids = append(pids, v)
+		}
+	}
+	return pids, nil
 }
